@@ -1,0 +1,3 @@
+from cofe_cli.app import main
+
+main()

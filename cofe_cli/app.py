@@ -1,0 +1,54 @@
+"""Wires the commands together; each command lives in its own module under commands/."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cofe_cli import __version__
+from cofe_cli.commands import certify, demo, init, run, start
+from cofe_cli.console import err_console, print_error
+from cofe_cli.errors import CofeError, FederationFailed
+
+app = typer.Typer(
+    name="cofe",
+    help="From a GaNDLF model configuration to a running, certified OpenFL federation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cofe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    pass
+
+
+app.command("init")(init.init)
+app.add_typer(certify.app, name="certify")
+app.add_typer(start.app, name="start")
+app.command("run")(run.run)
+app.command("demo")(demo.demo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="cofe")
+    except CofeError as error:
+        if isinstance(error, FederationFailed) and error.log_tail:
+            err_console.rule(f"last log lines of {error.participant}")
+            for line in error.log_tail:
+                err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+            err_console.rule()
+        print_error(error.message, error.hint)
+        sys.exit(error.exit_code)

@@ -1,0 +1,161 @@
+"""`cofe init`: a GaNDLF config plus the sites' data become an OpenFL plan and one workspace per participant."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import typer
+
+from cofe_cli import __version__
+from cofe_cli.console import console
+from cofe_cli.errors import CofeError
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
+from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml, plan_hash
+from cofe_cli.plan.data import check_data_folder, problem_type_of, split_csv
+from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config
+from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation
+
+DEFAULT_PORT = 50051
+
+
+@dataclass
+class InitRequest:
+    gandlf_config: Path
+    collaborators: list[str]
+    rounds: int = 3
+    aggregator_address: str = "localhost"
+    port: int = DEFAULT_PORT
+    algorithm: str = "fedavg"
+    proximal_mu: float | None = None
+    device: str = "cpu"
+    epochs_per_round: int = 1
+    valid_fraction: float = 0.2
+    force: bool = False
+    name: str | None = None
+
+
+def parse_collaborator_args(values: list[str]) -> list[tuple[str, Path | None]]:
+    if not values:
+        raise CofeError("no collaborators given", hint="add --collaborator NAME=DATA for every site (at least one)")
+    parsed, seen = [], set()
+    for value in values:
+        name, sep, data = value.partition("=")
+        name = check_collaborator_name(name.strip())
+        if name in seen:
+            raise CofeError(f"collaborator {name!r} is given twice", hint="give every site one --collaborator with its own name")
+        seen.add(name)
+        if sep and not data.strip():
+            raise CofeError(f"collaborator {name!r} has an empty data path", hint=f"write {name}=/path/to/data, or just {name} if the site gives its data itself")
+        parsed.append((name, Path(data.strip()).expanduser() if sep else None))
+    return parsed
+
+
+def _installed(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
+    """Everything cheap is checked first; GaNDLF and OpenFL then check the staged result, and only
+    a federation that passed all checks replaces what is on disk."""
+    gandlf_version = _installed("gandlf")
+    gandlf_config = normalise_gandlf_config(load_gandlf_yaml(Path(request.gandlf_config)), gandlf_version=gandlf_version)
+    collaborators = parse_collaborator_args(request.collaborators)
+    options = PlanOptions(
+        rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
+        algorithm=request.algorithm, proximal_mu=request.proximal_mu, device=request.device,
+        epochs_per_round=request.epochs_per_round,
+    )
+    check_plan_options(options)
+    if not 0 < request.valid_fraction < 1:
+        raise CofeError(f"--valid-fraction must be between 0 and 1, got {request.valid_fraction}", hint="e.g. --valid-fraction 0.2")
+    if layout.is_initialised() and not request.force:
+        raise CofeError(f"{layout.root} already holds a federation", hint="pass --force to replace its plan and workspaces (its CA is kept)")
+    problem_type = problem_type_of(gandlf_config)
+    channels = (gandlf_config.get("model") or {}).get("num_channels")
+    for name, data in collaborators:
+        if data is not None and not data.is_file():
+            check_data_folder(data, problem_type=problem_type, channels=channels)
+
+    plan_yaml = dump_yaml(build_plan(gandlf_config, options))
+    manifest = Manifest(
+        name=request.name or layout.root.name, collaborators=tuple(name for name, _ in collaborators),
+        rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
+        algorithm=request.algorithm, plan_sha384=plan_hash(plan_yaml),
+        versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
+    )
+
+    layout.root.mkdir(parents=True, exist_ok=True)
+    stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-init-", dir=layout.root)))
+    try:
+        data_entries = []
+        for name, data in collaborators:
+            if data is not None and data.is_file():
+                # A single CSV is split by subject into the site's workspace; absolute paths keep it valid after the move.
+                split_csv(data, stage.workspace(name) / "data", problem_type=problem_type, channels=channels,
+                          valid_fraction=request.valid_fraction)
+                data = layout.workspace(name) / "data"
+            data_entries.append(CollaboratorData(name, data.resolve() if data else None))
+        build_federation(stage, plan_yaml, gandlf_config, manifest, data_entries)
+        with console.status("Checking with GaNDLF and OpenFL and building the initial model (first run imports torch)..."):
+            from cofe_cli.engine.gandlf_validation import validate_with_gandlf
+            from cofe_cli.engine.participant import check_plan, write_initial_model
+
+            validate_with_gandlf(gandlf_config)
+            check_plan(stage.workspace(AGGREGATOR))
+            write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
+        shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
+        _swap_in(stage, layout)
+    finally:
+        shutil.rmtree(stage.root, ignore_errors=True)
+    return manifest
+
+
+def _swap_in(stage: FederationLayout, layout: FederationLayout) -> None:
+    for part in ("plans", "workspaces"):
+        new, current = stage.root / part, layout.root / part
+        if current.exists():
+            os.replace(current, stage.root / f"{part}.replaced")
+        os.replace(new, current)
+
+
+def init(
+    gandlf_config: Path = typer.Option(..., "--gandlf-config", "-c", help="GaNDLF training config (YAML).", show_default=False),
+    collaborator: list[str] = typer.Option(
+        ..., "--collaborator", "-C", show_default=False,
+        help="NAME=FOLDER (with GaNDLF train.csv/valid.csv), NAME=FILE.csv (split by subject), or NAME (data given at the site). Repeat per site.",
+    ),
+    dir: Path = typer.Option(Path("."), "--dir", "-d", help="Federation directory."),
+    rounds: int = typer.Option(3, "--rounds", "-r", help="Federated rounds to train."),
+    aggregator_address: str = typer.Option("localhost", "--aggregator-address", "-a", help="DNS name or IP that collaborators dial (goes into the server certificate)."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="Aggregator TCP port."),
+    algorithm: str = typer.Option("fedavg", "--algorithm", help=f"Aggregation: {', '.join(ALGORITHMS)}."),
+    proximal_mu: float = typer.Option(None, "--proximal-mu", help="FedProx mu (default 0.01 with --algorithm fedprox)."),
+    device: str = typer.Option("cpu", "--device", help="Training device in the plan: cpu or cuda."),
+    epochs_per_round: int = typer.Option(1, "--epochs-per-round", help="Local epochs each round."),
+    valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Validation share when a site gives a single CSV."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing plan and workspaces (the CA is kept)."),
+) -> None:
+    """Make the OpenFL plan (plans/) and one workspace per participant (workspaces/)."""
+    layout = FederationLayout(dir)
+    manifest = initialise(layout, InitRequest(
+        gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, aggregator_address=aggregator_address,
+        port=port, algorithm=algorithm, proximal_mu=proximal_mu, device=device, epochs_per_round=epochs_per_round,
+        valid_fraction=valid_fraction, force=force,
+    ))
+    report_initialised(layout, manifest)
+
+
+def report_initialised(layout: FederationLayout, manifest: Manifest, *, next_steps: bool = True) -> None:
+    console.print(f"[green]Federation ready[/] in {layout.root}: {len(manifest.collaborators)} collaborator(s), "
+                  f"{manifest.rounds} round(s), aggregator {manifest.aggregator_address}:{manifest.aggregator_port}, "
+                  f"plan sha384 {manifest.plan_sha384[:16]}...")
+    if next_steps:
+        console.print(f"Next: [bold]cofe certify --dir {layout.root}[/], then [bold]cofe run --dir {layout.root}[/]")

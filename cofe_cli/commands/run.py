@@ -1,0 +1,82 @@
+"""`cofe run`: the whole federation on this machine, every participant its own process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from cofe_cli.console import console
+from cofe_cli.errors import CofeError
+from cofe_cli.events import read_events
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
+from cofe_cli.plan.builder import ALGORITHMS
+from cofe_cli.commands.init import DEFAULT_PORT, InitRequest, initialise, report_initialised
+from cofe_cli.commands.start import clear_aggregator_state, prepare_collaborator_data
+
+
+def prepare(layout: FederationLayout, request: InitRequest | None) -> Manifest:
+    """Init and certify when they have not happened yet, so one command takes a user all the way."""
+    if not layout.is_initialised():
+        if request is None:
+            raise CofeError(f"no federation in {layout.root}",
+                            hint="run `cofe init` first, or give `cofe run` --gandlf-config and --collaborator too")
+        report_initialised(layout, initialise(layout, request), next_steps=False)
+    elif request is not None:
+        console.print(f"Using the federation already in {layout.root} (`cofe init --force` replaces it).")
+    manifest = layout.load_manifest()
+    participants = (AGGREGATOR, *manifest.collaborators)
+    if not all(participant_cert_paths(layout, manifest, p).present() for p in participants):
+        certify_locally(layout, manifest)
+        console.print("Certificates issued from this federation's own CA (one party runs every participant).")
+    return manifest
+
+
+def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None):
+    from cofe_cli.engine.participant import check_port_free
+    from cofe_cli.launch.processes import ProcessFederation
+    from cofe_cli.launch.report import summary_table, write_results
+    from cofe_cli.launch.supervisor import supervise
+
+    events = layout.workspace(AGGREGATOR) / "logs" / "events.jsonl"
+    if not restart and any(e.get("event") == "finished" for e in read_events(events)):
+        raise CofeError(f"this federation already finished all {manifest.rounds} rounds (results in {layout.results})",
+                        hint="pass --restart to train again from round 0")
+    if restart:
+        clear_aggregator_state(layout)
+    for name in manifest.collaborators:
+        prepare_collaborator_data(layout, name, None)
+    check_port_free(manifest.aggregator_port)
+
+    launcher = ProcessFederation(layout, manifest)
+    console.print(f"Starting the aggregator and {len(manifest.collaborators)} collaborator(s) as separate processes "
+                  f"(gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port})...")
+    started = time.monotonic()
+    progress = supervise(launcher, layout, manifest, console=console, timeout=timeout)
+    results = write_results(layout, progress)
+    console.print(summary_table(progress))
+    console.print(f"[green]Federation finished[/] in {time.monotonic() - started:.0f} s. Results in {results}: "
+                  "metrics.csv, metrics.png, summary.json, final_model.pt, best_model.pt")
+    return progress
+
+
+def run(
+    dir: Path = typer.Option(Path("."), "--dir", "-d", help="Federation directory."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the aggregator's saved state and train from round 0."),
+    timeout: float = typer.Option(None, "--timeout", help="Stop everything if the federation is not done after this many seconds."),
+    gandlf_config: Path = typer.Option(None, "--gandlf-config", "-c", help="With --collaborator: run `cofe init` first if needed."),
+    collaborator: list[str] = typer.Option(None, "--collaborator", "-C", help="As for `cofe init`."),
+    rounds: int = typer.Option(3, "--rounds", "-r", help="As for `cofe init`."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="As for `cofe init`."),
+    algorithm: str = typer.Option("fedavg", "--algorithm", help=f"As for `cofe init`: {', '.join(ALGORITHMS)}."),
+) -> None:
+    """Run the whole federation here: aggregator and collaborators as separate processes, live progress, a report."""
+    layout = FederationLayout(dir)
+    request = None
+    if gandlf_config or collaborator:
+        if not (gandlf_config and collaborator):
+            raise CofeError("--gandlf-config and --collaborator go together", hint="give both, or neither to use an existing federation")
+        request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port, algorithm=algorithm)
+    run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout)

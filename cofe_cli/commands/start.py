@@ -1,0 +1,111 @@
+"""`cofe start aggregator` / `cofe start collaborator NAME`: run one participant in this process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import typer
+
+from cofe_cli.console import console, print_error
+from cofe_cli.errors import CofeError
+from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.pki.workspace_certs import require_certificates
+from cofe_cli.plan.data import check_data_folder, problem_type_of
+from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder, set_collaborator_data
+
+app = typer.Typer(help="Run one participant of a federation (aggregator or collaborator).", no_args_is_help=True)
+
+_DIR = typer.Option(Path("."), "--dir", "-d", help="Federation (or site) directory.")
+# State an aggregator keeps between starts; cleared by --restart.
+AGGREGATOR_STATE = ("local_state", "save/best.pbuf", "save/last.pbuf", "save/best.pt", "save/last.pt", "logs/events.jsonl")
+
+
+def clear_aggregator_state(layout: FederationLayout) -> None:
+    workspace = layout.workspace(AGGREGATOR)
+    for relative in AGGREGATOR_STATE:
+        path = workspace / relative
+        if path.is_dir():
+            shutil.rmtree(path)
+            path.mkdir()
+        elif path.exists():
+            path.unlink()
+
+
+@app.command("aggregator")
+def aggregator(
+    dir: Path = _DIR,
+    restart: bool = typer.Option(False, "--restart", help="Discard the aggregator's saved state and train from round 0."),
+) -> None:
+    """Serve the federation's aggregator (gRPC, mutual TLS) until the last round is done."""
+    layout = FederationLayout(dir)
+    manifest = layout.load_manifest()
+    require_certificates(layout, manifest, AGGREGATOR)
+    if restart:
+        clear_aggregator_state(layout)
+    _run_participant(layout.workspace(AGGREGATOR), AGGREGATOR, lambda engine, ws: engine.serve_aggregator(ws))
+
+
+@app.command("collaborator")
+def collaborator(
+    name: str = typer.Argument(..., help="The collaborator's name in the plan."),
+    dir: Path = _DIR,
+    data: Path = typer.Option(None, "--data", help="Folder with this site's GaNDLF train.csv and valid.csv (kept for later starts)."),
+) -> None:
+    """Train and validate this site's data for the federation."""
+    layout = FederationLayout(dir)
+    manifest = layout.load_manifest()
+    manifest.require_collaborator(name)
+    require_certificates(layout, manifest, name)
+    prepare_collaborator_data(layout, name, data)
+    _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name))
+
+
+def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | None) -> None:
+    import yaml
+
+    gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text())
+    folder = data.expanduser().resolve() if data else collaborator_data_folder(layout, name)
+    if folder is None:
+        raise CofeError(f"{name} has no data folder yet", hint=f"start it with `cofe start collaborator {name} --data PATH`")
+    check_data_folder(folder, problem_type=problem_type_of(gandlf_config),
+                      channels=(gandlf_config.get("model") or {}).get("num_channels"))
+    if data:
+        set_collaborator_data(layout, name, folder)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_participant(workspace: Path, participant: str, body) -> None:
+    from cofe_cli.engine import participant as engine
+
+    engine.enter_workspace(workspace, participant)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a launcher's stop is a Ctrl-C
+    log = logging.getLogger("cofe")
+    try:
+        body(engine, workspace)
+    except KeyboardInterrupt:
+        print_error(f"{participant} stopped before the federation finished")
+        _exit(130)
+    except CofeError:
+        raise
+    except Exception as exc:
+        log.exception("%s failed", participant)
+        print_error(f"{participant} failed: {type(exc).__name__}: {exc}", f"full log: {workspace / 'logs' / (participant + '.log')}")
+        _exit(1)
+    console.print(f"[green]{participant} finished[/]")
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    # gRPC and torch leave non-daemon threads behind; the federation is over, so leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

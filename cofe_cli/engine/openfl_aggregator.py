@@ -1,0 +1,60 @@
+"""OpenFL's aggregator, reporting what happens to the event log that every launcher reads."""
+
+from __future__ import annotations
+
+import queue
+
+from openfl.callbacks import Callback
+from openfl.component import Aggregator
+
+from cofe_cli.events import EventLog
+
+
+class _RoundEvents(Callback):
+    def __init__(self, events: EventLog, rounds: int):
+        super().__init__()
+        self.events = events
+        self.rounds = rounds
+
+    def on_round_end(self, round_num, logs=None):
+        self.events.emit("round_end", round=round_num, metrics=dict(logs or {}))
+
+    def on_experiment_end(self, logs=None):
+        self.events.emit("finished", rounds=self.rounds)
+
+
+class ObservedAggregator(Aggregator):
+    def __init__(self, *, event_log: str = "logs/events.jsonl", rounds_to_train: int = 1, callbacks=None, **kwargs):
+        self.events = EventLog(event_log)
+        self._announced: set[tuple[str, int]] = set()
+        callbacks = list(callbacks or []) + [_RoundEvents(self.events, rounds_to_train)]
+        super().__init__(rounds_to_train=rounds_to_train, callbacks=callbacks, **kwargs)
+        self.events.emit("started", round=self.round_number, rounds=self.rounds_to_train,
+                         resumed=self.round_number > 0, collaborators=list(self.authorized_cols))
+
+    def is_finished(self) -> bool:
+        return self.round_number >= self.rounds_to_train
+
+    def get_tasks(self, collaborator_name):
+        tasks, round_number, sleep_time, time_to_quit = super().get_tasks(collaborator_name)
+        if tasks and (collaborator_name, round_number) not in self._announced:
+            self._announced.add((collaborator_name, round_number))
+            names = [getattr(task, "name", task) for task in tasks]
+            self.events.emit("tasks", collaborator=collaborator_name, round=round_number, tasks=names)
+        return tasks, round_number, sleep_time, time_to_quit
+
+    def send_local_task_results(self, collaborator_name, round_number, task_name, data_size, named_tensors):
+        self.events.emit("task_done", collaborator=collaborator_name, round=round_number, task=task_name)
+        super().send_local_task_results(collaborator_name, round_number, task_name, data_size, named_tensors)
+        self._drain_metrics()
+
+    def _drain_metrics(self) -> None:
+        # OpenFL puts every reported metric (per collaborator and aggregated) on this queue and
+        # nothing else consumes it in a task-runner federation.
+        while True:
+            try:
+                item = self.metric_queue.get_nowait()
+            except queue.Empty:
+                return
+            self.events.emit("metric", collaborator=item["metric_origin"], round=item["round"],
+                             task=item["task_name"], metric=item["metric_name"], value=item["metric_value"])

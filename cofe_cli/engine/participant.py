@@ -1,0 +1,153 @@
+"""The seam between cofe and OpenFL: everything that builds or runs a participant from its workspace.
+
+Only this module (and the plan's template classes beside it) import OpenFL's runtime and, through
+it, torch and GaNDLF; it is imported lazily by the commands that need it, so `cofe --help` stays
+instant and another engine could sit beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+from cofe_cli.errors import CofeError
+
+PLAN = Path("plan/plan.yaml")
+COLS = Path("plan/cols.yaml")
+DATA = Path("plan/data.yaml")
+logger = logging.getLogger("cofe")
+
+
+LOG_CAPTURED_ENV = "COFE_LOG_CAPTURED"
+
+
+def enter_workspace(workspace: Path, log_name: str) -> None:
+    """Make the process belong to its workspace: OpenFL resolves plan, cert and save paths from the
+    working directory, and OpenFL/GaNDLF drop temp files and ~/.gandlf logs that must not leak."""
+    workspace = Path(workspace).resolve()
+    for sub in ("logs", ".tmp", ".home"):
+        (workspace / sub).mkdir(exist_ok=True)
+    os.chdir(workspace)
+    os.environ["TMPDIR"] = str(workspace / ".tmp")
+    os.environ["HOME"] = str(workspace / ".home")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if not os.environ.get(LOG_CAPTURED_ENV):  # a launcher already writes our stderr to this file
+        handlers.append(logging.FileHandler(workspace / "logs" / f"{log_name}.log"))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.handlers.clear()
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _parse_plan(*, with_data: bool = True):
+    from openfl.federated import Plan
+
+    try:
+        return Plan.parse(plan_config_path=PLAN.resolve(), cols_config_path=COLS.resolve(),
+                          data_config_path=DATA.resolve() if with_data else None)
+    except Exception as exc:  # OpenFL raises bare exceptions for any plan problem
+        raise CofeError(f"OpenFL rejected the plan in {Path.cwd()}: {exc}", hint="re-create it with `cofe init --force`") from exc
+
+
+def check_plan(workspace: Path) -> None:
+    """OpenFL's own structural check of a workspace's plan (cheap: no model is built)."""
+    with _in_directory(workspace):
+        _parse_plan()
+
+
+def write_initial_model(workspace: Path, output: Path) -> None:
+    """Build the GaNDLF model once and save its initial weights as OpenFL's init.pbuf."""
+    from openfl.utilities.dataloading import initialize_minimal_dataloader
+    from openfl.utilities.split import split_tensor_dict_for_holdouts
+
+    with _in_directory(workspace):
+        plan = _parse_plan(with_data=False)
+        task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
+        tensor_dict, _ = split_tensor_dict_for_holdouts(task_runner.get_tensor_dict(False),
+                                                        **task_runner.tensor_dict_split_fn_kwargs)
+        output = Path(output).resolve()
+        partial = output.with_name(f".{output.name}.partial")
+        plan.save_model_to_state_file(tensor_dict=tensor_dict, round_number=0, output_path=str(partial))
+        os.replace(partial, output)
+
+
+def check_port_free(port: int) -> None:
+    """gRPC binds [::]:port with SO_REUSEPORT, so a second aggregator would share the port silently."""
+    family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("::" if family == socket.AF_INET6 else "", port))
+        except OSError:
+            raise CofeError(f"port {port} is already in use on this machine",
+                            hint="stop what uses it, or re-create the federation with `cofe init --force --port N`") from None
+
+
+def serve_aggregator(workspace: Path) -> None:
+    """Serve until every collaborator was told to quit; refuse to serve a finished federation."""
+    with _in_directory(workspace):
+        plan = _parse_plan(with_data=False)
+        check_port_free(int(plan.config["network"]["settings"]["agg_port"]))
+        aggregator = plan.get_aggregator()
+        if aggregator.is_finished():
+            raise CofeError(f"this federation already finished all {aggregator.rounds_to_train} rounds",
+                            hint="its models are in workspaces/aggregator/save; `--restart` trains again from round 0")
+        if aggregator.round_number:
+            logger.info("resuming at round %d of %d", aggregator.round_number + 1, aggregator.rounds_to_train)
+        plan.get_server().serve()
+        if not aggregator.is_finished():
+            raise RuntimeError("the aggregator stopped before the last round")
+        export_native_models(plan)
+
+
+def export_native_models(plan) -> None:
+    """Also keep best/last as PyTorch checkpoints that GaNDLF and plain torch can load."""
+    from openfl.protocols import utils
+    from openfl.utilities.dataloading import initialize_minimal_dataloader
+
+    settings = plan.config["aggregator"]["settings"]
+    task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
+    for key in ("best_state_path", "last_state_path"):
+        state = Path(settings[key])
+        if state.is_file():
+            tensor_dict, _ = utils.deconstruct_model_proto(utils.load_proto(str(state)), plan.get_tensor_pipe())
+            task_runner.set_tensor_dict(tensor_dict, with_opt_vars=False)
+            task_runner.save_native(str(state.with_suffix(".pt")))
+
+
+def run_collaborator(workspace: Path, name: str) -> None:
+    with _in_directory(workspace):
+        plan = _parse_plan()
+        if name not in plan.cols_data_paths:
+            raise CofeError(f"no data path for {name} in {DATA}", hint=f"start it with `cofe start collaborator {name} --data PATH`")
+        plan.get_collaborator(name).run()
+
+
+def load_model(workspace: Path, checkpoint: Path):
+    """The GaNDLF model of a federation with a native checkpoint's weights (for tests and users)."""
+    import torch
+    from openfl.utilities.dataloading import initialize_minimal_dataloader
+
+    with _in_directory(workspace):
+        plan = _parse_plan(with_data=False)
+        task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+    task_runner.model.load_state_dict(state["model_state_dict"])
+    return task_runner.model.eval()
+
+
+@contextlib.contextmanager
+def _in_directory(path: Path):
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)

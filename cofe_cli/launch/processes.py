@@ -1,0 +1,114 @@
+"""Every participant of a federation as its own OS process on this machine (`cofe run`)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from cofe_cli.engine.participant import LOG_CAPTURED_ENV
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.launch.supervisor import ParticipantState, tail_lines
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If `cofe run` itself is killed (even with SIGKILL), the kernel stops the participants: no orphans.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class _Process:
+    name: str
+    log: Path
+    popen: subprocess.Popen
+    peak_rss: int = 0
+
+
+class ProcessFederation:
+    """Launches `cofe start ...` once per participant; each writes its output to its workspace's log."""
+
+    def __init__(self, layout: FederationLayout, manifest: Manifest, *, restart: bool = False):
+        self.layout = layout
+        self.manifest = manifest
+        self.restart = restart
+        self._processes: dict[str, _Process] = {}
+
+    def participants(self) -> list[str]:
+        return [AGGREGATOR, *self.manifest.collaborators]
+
+    def start(self) -> None:
+        for name in self.participants():
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        args = [sys.executable, "-m", "cofe_cli", "start"]
+        args += ["aggregator", "--dir", str(self.layout.root)] + (["--restart"] if self.restart else []) \
+            if name == AGGREGATOR else ["collaborator", name, "--dir", str(self.layout.root)]
+        log = self.layout.workspace(name) / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, LOG_CAPTURED_ENV: "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self._threads(name))}
+        with log.open("ab") as out:
+            popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self._processes[name] = _Process(name, log, popen)
+
+    def _threads(self, name: str) -> int:
+        # Collaborators train at the same time on one machine: torch's default of one thread per
+        # core in every process oversubscribes the CPU and makes each round several times slower.
+        if name == AGGREGATOR:
+            return 1
+        return max(1, (os.cpu_count() or 1) // len(self.manifest.collaborators))
+
+    def states(self) -> dict[str, ParticipantState]:
+        states = {}
+        for name, proc in self._processes.items():
+            proc.peak_rss = max(proc.peak_rss, _tree_rss(proc.popen.pid))
+            states[name] = ParticipantState(name=name, returncode=proc.popen.poll(), peak_rss=proc.peak_rss)
+        return states
+
+    def log_tail(self, name: str, lines: int = 20) -> list[str]:
+        return tail_lines(self._processes[name].log, lines)
+
+    def log_path(self, name: str) -> Path:
+        return self._processes[name].log
+
+    def stop(self, grace: float = 10.0) -> None:
+        running = [p for p in self._processes.values() if p.popen.poll() is None]
+        for proc in running:
+            _signal_group(proc.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in running:
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+        for proc in self._processes.values():  # reap any straggler in the participants' groups
+            _signal_group(proc.popen.pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0

@@ -1,0 +1,148 @@
+"""What a running federation is doing, built from the aggregator's events; drawn with rich."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from cofe_cli.federation import AGGREGATOR, Manifest
+
+TASK_LABELS = {
+    "aggregated_model_validation": "validating global model",
+    "train": "training",
+    "locally_tuned_model_validation": "validating local model",
+}
+SHORT_TASK = {"aggregated_model_validation": "global", "train": "train", "locally_tuned_model_validation": "local"}
+
+
+@dataclass
+class MetricRecord:
+    round: int
+    collaborator: str
+    task: str
+    metric: str
+    value: float
+
+
+@dataclass
+class _Site:
+    tasks: list[str] = field(default_factory=list)
+    done: int = 0
+    round: int | None = None
+    returncode: int | None = None
+    peak_rss: int = 0
+
+
+def headline_metric(names) -> str | None:
+    """The metric a person looks at first: Dice for segmentation, else the first non-loss one."""
+    names = list(names)
+    for candidate in names:
+        if "dice" in candidate:
+            return candidate
+    return next((n for n in names if "loss" not in n), names[0] if names else None)
+
+
+class FederationProgress:
+    def __init__(self, manifest: Manifest, started: float):
+        self.manifest = manifest
+        self.started = started
+        self.round = 0
+        self.rounds = manifest.rounds
+        self.sites = {name: _Site() for name in (AGGREGATOR, *manifest.collaborators)}
+        self.records: list[MetricRecord] = []
+        self.round_started: dict[int, float] = {}
+        self.round_ended: dict[int, float] = {}
+        self.aggregator_ready: float | None = None
+        self.finished = False
+
+    # -- state -------------------------------------------------------------------------------
+    def apply(self, event: dict) -> str | None:
+        kind, when = event.get("event"), event.get("time", time.time())
+        if kind == "started":
+            self.round, self.rounds = event["round"], event["rounds"]
+            self.aggregator_ready = when
+            return f"aggregator ready, round {self.round + 1} of {self.rounds}" + (" (resumed)" if event.get("resumed") else "")
+        if kind == "tasks":
+            site = self.sites.setdefault(event["collaborator"], _Site())
+            site.tasks, site.done, site.round = list(event["tasks"]), 0, event["round"]
+            self.round_started.setdefault(event["round"], when)
+            return f"round {event['round'] + 1}: {event['collaborator']} got {', '.join(SHORT_TASK.get(t, t) for t in site.tasks)}"
+        if kind == "task_done":
+            site = self.sites.setdefault(event["collaborator"], _Site())
+            site.done += 1
+            return None
+        if kind == "metric":
+            record = MetricRecord(event["round"], event["collaborator"], event["task"], event["metric"], float(event["value"]))
+            self.records.append(record)
+            return None
+        if kind == "round_end":
+            self.round_ended[event["round"]] = when
+            self.round = event["round"] + 1
+            return f"round {event['round'] + 1} of {self.rounds} done: " + self._round_line(event["round"])
+        if kind == "finished":
+            self.round = self.rounds
+            return "all rounds done"
+        return None
+
+    def update_states(self, states) -> None:
+        for name, state in states.items():
+            site = self.sites.setdefault(name, _Site())
+            site.returncode, site.peak_rss = state.returncode, state.peak_rss
+
+    def latest(self, collaborator: str, task: str) -> dict[str, float]:
+        values = {}
+        for r in self.records:
+            if r.collaborator == collaborator and r.task == task:
+                values[r.metric] = r.value
+        return values
+
+    def _round_line(self, round_number: int) -> str:
+        parts = []
+        for name in self.manifest.collaborators:
+            metrics = {r.metric: r.value for r in self.records if r.round == round_number and r.collaborator == name
+                       and r.task == "aggregated_model_validation"}
+            key = headline_metric(metrics)
+            if key:
+                parts.append(f"{name} {key}={metrics[key]:.3f}")
+        return ", ".join(parts) or "no metrics"
+
+    def first_round_delay(self) -> float | None:
+        return self.round_started[min(self.round_started)] - self.started if self.round_started else None
+
+    # -- drawing -----------------------------------------------------------------------------
+    def _status(self, name: str, site: _Site) -> str:
+        if site.returncode == 0:
+            return "[green]finished[/]"
+        if site.returncode is not None:
+            return f"[red]exited {site.returncode}[/]"
+        if name == AGGREGATOR:
+            return "serving" if self.aggregator_ready else "starting"
+        if site.round is None:
+            return "starting"
+        if site.done < len(site.tasks):
+            return TASK_LABELS.get(site.tasks[site.done], site.tasks[site.done])
+        return "waiting for the others"
+
+    def __rich__(self):
+        elapsed = time.time() - self.started
+        shown_round = min(self.round + 1, self.rounds)
+        title = f"Round {shown_round} of {self.rounds}" if not self.finished else f"{self.rounds} rounds done"
+        table = Table(title=f"{self.manifest.name}: {title}  ({elapsed:.0f} s)", title_justify="left", expand=False)
+        for column in ("participant", "status", "global model", "train loss", "local model", "peak memory"):
+            table.add_column(column, justify="right" if column not in ("participant", "status") else "left")
+        for name, site in self.sites.items():
+            global_metrics = self.latest(name, "aggregated_model_validation")
+            local_metrics = self.latest(name, "locally_tuned_model_validation")
+            train = self.latest(name, "train")
+            table.add_row(name, self._status(name, site), _fmt(global_metrics), _fmt({"loss": train["loss"]} if "loss" in train else {}),
+                          _fmt(local_metrics), f"{site.peak_rss / 2**30:.2f} GiB" if site.peak_rss else "-")
+        return Group(table, Text(""))
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    key = headline_metric(metrics)
+    return f"{key.removeprefix('valid_').removeprefix('train_')} {metrics[key]:.3f}" if key else "-"

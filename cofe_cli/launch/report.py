@@ -1,0 +1,101 @@
+"""The results of a finished federation: metrics file, summary table, plot and models in FED/results/."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+from rich.table import Table
+
+from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.fsutil import atomic_write_text
+from cofe_cli.launch.progress import SHORT_TASK, FederationProgress, headline_metric
+
+METRICS_FILE = "metrics.csv"
+MODELS = {"last.pbuf": "final_model.pbuf", "best.pbuf": "best_model.pbuf", "last.pt": "final_model.pt", "best.pt": "best_model.pt"}
+
+
+def write_results(layout: FederationLayout, progress: FederationProgress) -> Path:
+    results = layout.results
+    results.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["round", "collaborator", "task", "metric", "value"])
+    for r in sorted(progress.records, key=lambda r: (r.round, r.collaborator, r.task, r.metric)):
+        writer.writerow([r.round, r.collaborator, r.task, r.metric, f"{r.value:.6g}"])
+    atomic_write_text(results / METRICS_FILE, buffer.getvalue())
+    save = layout.workspace(AGGREGATOR) / "save"
+    for source, target in MODELS.items():
+        if (save / source).is_file():
+            shutil.copyfile(save / source, results / target)
+    summary = {
+        "rounds": progress.rounds,
+        "collaborators": list(progress.manifest.collaborators),
+        "wall_seconds": round(max(progress.round_ended.values(), default=progress.started) - progress.started, 1),
+        "first_round_started_after_seconds": _round(progress.first_round_delay()),
+        "round_seconds": {r: round(progress.round_ended[r] - progress.round_started[r], 1)
+                          for r in progress.round_ended if r in progress.round_started},
+        "peak_rss_bytes": {name: site.peak_rss for name, site in progress.sites.items()},
+    }
+    atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _plot(results / "metrics.png", progress)
+    return results
+
+
+def _round(value):
+    return None if value is None else round(value, 1)
+
+
+def summary_table(progress: FederationProgress) -> Table:
+    """One row per round and participant: the headline metric of each task, as a person compares them."""
+    table = Table(title="Federation summary", title_justify="left")
+    table.add_column("round", justify="right")
+    table.add_column("participant")
+    tasks = ["aggregated_model_validation", "train", "locally_tuned_model_validation"]
+    for task in tasks:
+        table.add_column(SHORT_TASK[task], justify="right")
+    rounds = sorted({r.round for r in progress.records})
+    for round_number in rounds:
+        for name in (*progress.manifest.collaborators, AGGREGATOR):
+            cells = []
+            for task in tasks:
+                values = {r.metric: r.value for r in progress.records
+                          if r.round == round_number and r.collaborator == name and r.task == task}
+                key = "loss" if task == "train" and "loss" in values else headline_metric(values)
+                cells.append(f"{key.removeprefix('valid_')} {values[key]:.3f}" if key else "")
+            if any(cells):
+                table.add_row(str(round_number + 1), name if name != AGGREGATOR else "[bold]aggregated[/]", *cells)
+    return table
+
+
+def _plot(path: Path, progress: FederationProgress) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    validation = [r for r in progress.records if r.task == "aggregated_model_validation"]
+    metric = headline_metric({r.metric for r in validation})
+    if metric is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in (*progress.manifest.collaborators, AGGREGATOR):
+        points = sorted((r.round + 1, r.value) for r in validation if r.collaborator == name and r.metric == metric)
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", linewidth=2.5 if name == AGGREGATOR else 1.2,
+                    label="aggregated" if name == AGGREGATOR else name)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{metric} (global model, before local training)")
+    ax.set_title(f"{progress.manifest.name}: {metric} per round")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    partial = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(partial, dpi=110)
+    plt.close(fig)
+    partial.replace(path)

@@ -1,0 +1,95 @@
+"""Where each participant's certificates live inside its OpenFL workspace, and issuing them locally.
+
+OpenFL reads `cert/cert_chain.crt`, `cert/server/agg_<address>.{crt,key}` and
+`cert/client/col_<name>.{crt,key}`, relative to the workspace (see Plan.get_server_args/get_client_args).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cofe_cli.errors import CofeError
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_key_matches_cert, verify_issued_by
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    chain: Path
+    cert: Path
+    key: Path
+
+    def present(self) -> bool:
+        return self.chain.is_file() and self.cert.is_file() and self.key.is_file()
+
+
+def aggregator_cert_paths(workspace: Path, address: str) -> CertPaths:
+    common_name = address.lower()  # OpenFL lowercases the address when it looks for the files
+    return CertPaths(workspace / "cert" / "cert_chain.crt",
+                     workspace / "cert" / "server" / f"agg_{common_name}.crt",
+                     workspace / "cert" / "server" / f"agg_{common_name}.key")
+
+
+def collaborator_cert_paths(workspace: Path, name: str) -> CertPaths:
+    return CertPaths(workspace / "cert" / "cert_chain.crt",
+                     workspace / "cert" / "client" / f"col_{name}.crt",
+                     workspace / "cert" / "client" / f"col_{name}.key")
+
+
+def participant_cert_paths(layout: FederationLayout, manifest: Manifest, participant: str) -> CertPaths:
+    workspace = layout.workspace(participant)
+    if participant == AGGREGATOR:
+        return aggregator_cert_paths(workspace, manifest.aggregator_address)
+    return collaborator_cert_paths(workspace, participant)
+
+
+def require_certificates(layout: FederationLayout, manifest: Manifest, participant: str) -> None:
+    paths = participant_cert_paths(layout, manifest, participant)
+    if not paths.present():
+        missing = next(p for p in (paths.chain, paths.cert, paths.key) if not p.is_file())
+        raise CofeError(f"{participant} has no certificate yet ({missing.relative_to(layout.root)} is missing)",
+                        hint=f"run `cofe certify --dir {layout.root}` first")
+
+
+def _is_current(paths: CertPaths, chain_pem: bytes) -> bool:
+    if not paths.present() or paths.chain.read_bytes() != chain_pem:
+        return False
+    try:
+        verify_issued_by(paths.cert.read_bytes(), chain_pem)
+    except CofeError:
+        return False
+    return check_key_matches_cert(paths.key.read_bytes(), paths.cert.read_bytes())
+
+
+def certify_locally(layout: FederationLayout, manifest: Manifest, *, force: bool = False,
+                    validity_days: int = DEFAULT_VALIDITY_DAYS) -> list[tuple[str, str]]:
+    """For a federation run by one party: a CA and every participant's certificate, in one step.
+
+    Returns (participant, action) pairs. Keys are never overwritten without `force`; a valid
+    certificate from this CA is kept as it is."""
+    actions = []
+    if CertificateAuthority.exists(layout.ca) and not force:
+        ca = CertificateAuthority.load(layout.ca)
+        actions.append(("CA", "kept"))
+    else:
+        ca = CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
+        actions.append(("CA", "created"))
+    chain = ca.chain_pem()
+    for participant in (AGGREGATOR, *manifest.collaborators):
+        paths = participant_cert_paths(layout, manifest, participant)
+        if not force and _is_current(paths, chain):
+            actions.append((participant, "kept"))
+            continue
+        if paths.key.exists() and not force:
+            raise CofeError(f"{participant} already has a private key that this CA did not certify ({paths.key})",
+                            hint="pass --force to replace it with a new key and certificate")
+        if participant == AGGREGATOR:
+            issued = ca.issue_server_cert(manifest.aggregator_address, validity_days=validity_days)
+        else:
+            issued = ca.issue_client_cert(participant, validity_days=validity_days)
+        issued.write(paths.cert, paths.key)
+        atomic_write_bytes(paths.chain, chain)
+        actions.append((participant, "issued"))
+    return actions

@@ -1,0 +1,153 @@
+"""Build the OpenFL plan for a GaNDLF federation: a pure function of the inputs (no torch).
+
+The plan is self-contained (no `defaults:` references into the installed OpenFL), so the same
+file means the same federation on every host and its hash identifies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import yaml
+
+from cofe_cli.errors import CofeError
+
+ENGINE = "cofe_cli.engine"
+
+# name -> (aggregation function template for the `train` task, FedProx mu or None)
+ALGORITHMS: dict[str, tuple[str, float | None]] = {
+    "fedavg": ("openfl.interface.aggregation_functions.WeightedAverage", None),
+    "fedprox": ("openfl.interface.aggregation_functions.WeightedAverage", 0.01),
+    "median": ("openfl.interface.aggregation_functions.Median", None),
+    "geometric-median": ("openfl.interface.aggregation_functions.GeometricMedian", None),
+}
+
+VALIDATION_TASKS = ("aggregated_model_validation", "locally_tuned_model_validation")
+TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    rounds: int
+    aggregator_address: str
+    aggregator_port: int
+    algorithm: str = "fedavg"
+    proximal_mu: float | None = None
+    device: str = "cpu"
+    epochs_per_round: int = 1
+
+
+def check_plan_options(options: PlanOptions) -> None:
+    if options.rounds < 1:
+        raise CofeError(f"--rounds must be at least 1, got {options.rounds}", hint="e.g. --rounds 3")
+    if not 1 <= options.aggregator_port <= 65535:
+        raise CofeError(f"port {options.aggregator_port} is out of range", hint="use a TCP port between 1024 and 65535, e.g. 50051")
+    if options.algorithm not in ALGORITHMS:
+        raise CofeError(f"unknown aggregation algorithm {options.algorithm!r}", hint=f"choose one of: {', '.join(ALGORITHMS)}")
+    if options.epochs_per_round < 1:
+        raise CofeError("--epochs-per-round must be at least 1", hint="e.g. --epochs-per-round 1")
+    if not options.aggregator_address or any(c.isspace() for c in options.aggregator_address):
+        raise CofeError(f"aggregator address {options.aggregator_address!r} is not a host name or IP",
+                        hint="give the DNS name or IP collaborators dial, e.g. --aggregator-address fl.hospital.org")
+
+
+def _metric_names(gandlf_config: dict) -> list[str]:
+    metrics = gandlf_config.get("metrics") or []
+    names = list(metrics) if isinstance(metrics, dict) else [m if isinstance(m, str) else next(iter(m)) for m in metrics]
+    return [str(n) for n in names]
+
+
+def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
+    check_plan_options(options)
+    aggregation, default_mu = ALGORITHMS[options.algorithm]
+    mu = options.proximal_mu if options.proximal_mu is not None else default_mu
+    metric_names = _metric_names(gandlf_config)
+    patch_size = gandlf_config.get("patch_size")
+    validation = [f"valid_{name}" for name in metric_names]
+    train_metrics = ["loss"] + [f"train_{name}" for name in metric_names]
+    task_runner_settings = {"device": options.device, "gandlf_config": gandlf_config}
+    if mu:
+        task_runner_settings["proximal_mu"] = float(mu)
+    return {
+        "aggregator": {
+            "template": f"{ENGINE}.openfl_aggregator.ObservedAggregator",
+            "settings": {
+                "rounds_to_train": options.rounds,
+                "init_state_path": "save/init.pbuf",
+                "best_state_path": "save/best.pbuf",
+                "last_state_path": "save/last.pbuf",
+                "db_store_rounds": 2,
+                "persist_checkpoint": True,
+                "persistent_db_path": "local_state/tensor.db",
+                "write_logs": True,
+                "event_log": "logs/events.jsonl",
+            },
+        },
+        "collaborator": {
+            "template": "openfl.component.Collaborator",
+            "settings": {"use_delta_updates": False, "opt_treatment": "RESET", "db_store_rounds": 1},
+        },
+        "data_loader": {
+            "template": f"{ENGINE}.openfl_dataloader.GaNDLFDataLoader",
+            "settings": {"feature_shape": patch_size},
+        },
+        "task_runner": {
+            "template": f"{ENGINE}.openfl_task_runner.GaNDLFTaskRunner",
+            "settings": task_runner_settings,
+        },
+        "network": {
+            "template": "openfl.federation.Network",
+            "settings": {
+                "agg_addr": options.aggregator_address,
+                "agg_port": options.aggregator_port,
+                "hash_salt": "auto",
+                "use_tls": True,
+                "require_client_auth": True,
+                "cert_folder": "cert",
+                "client_reconnect_interval": 5,
+                "enable_atomic_connections": False,
+                "transport_protocol": "grpc",
+            },
+        },
+        "assigner": {
+            "template": "openfl.component.RandomGroupedAssigner",
+            "settings": {"task_groups": [{"name": "learning", "percentage": 1.0, "tasks": list(TASKS)}]},
+        },
+        "tasks": {
+            "aggregated_model_validation": {
+                "function": "validate",
+                "kwargs": {"apply": "global", "metrics": ["valid_loss", *validation]},
+            },
+            "train": {
+                "function": "train",
+                "aggregation_type": {"template": aggregation},
+                "kwargs": {"metrics": train_metrics, "epochs": options.epochs_per_round},
+            },
+            "locally_tuned_model_validation": {
+                "function": "validate",
+                "kwargs": {"apply": "local", "metrics": ["valid_loss", *validation]},
+            },
+        },
+        "compression_pipeline": {"template": "openfl.pipelines.NoCompressionPipeline"},
+    }
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def plan_hash(plan_yaml: str) -> str:
+    """SHA-384 of the plan file's bytes: what a site reads out to the coordinator."""
+    return hashlib.sha384(plan_yaml.encode("utf-8")).hexdigest()
+
+
+def render_cols(collaborators: list[str]) -> str:
+    return dump_yaml({"collaborators": list(collaborators)})
+
+
+def render_data_config(entries: dict[str, str]) -> str:
+    """OpenFL's data.yaml is really `name,path` lines."""
+    lines = ["# collaborator_name,data_directory_path (set by cofe; site-local)"]
+    lines += [f"{name},{path}" for name, path in entries.items()]
+    return "\n".join(lines) + "\n"

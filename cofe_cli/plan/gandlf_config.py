@@ -1,0 +1,527 @@
+"""Read a GaNDLF YAML config, tell what kind of GaNDLF file it is, and normalise a training config
+so that GaNDLF 0.1.5's ConfigManager accepts it and OpenFL's GaNDLFTaskRunner can train with it.
+
+Pure on purpose (stdlib + yaml only): `cofe init` runs this before anything imports torch, so a bad
+config is refused in milliseconds. GaNDLF's own check lives in cofe_cli.engine.gandlf_validation.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cofe_cli.errors import CofeError
+
+# Keys of GANDLF/models/__init__.py's `global_models_dict` in gandlf==0.1.5, copied once so this
+# module needs no torch. tests/integration/test_gandlf_samples_validate.py asserts equality with
+# the installed GaNDLF, so an upgrade that changes the list fails a test instead of drifting.
+SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset({
+    "brain_age", "deep_resunet", "deep_unet", "deepresunet", "deepunet",
+    "densenet", "densenet121", "densenet169", "densenet201", "densenet264", "dynunet",
+    "efficientnetb0", "efficientnetb1", "efficientnetb2", "efficientnetb3",
+    "efficientnetb4", "efficientnetb5", "efficientnetb6", "efficientnetb7",
+    "fcn", "imagenet_unet",
+    "imagenet_vgg11", "imagenet_vgg11_bn", "imagenet_vgg13", "imagenet_vgg13_bn",
+    "imagenet_vgg16", "imagenet_vgg16_bn", "imagenet_vgg19", "imagenet_vgg19_bn",
+    "light_resunet", "light_resunet_multilayer", "light_unet", "light_unet_multilayer",
+    "lightresunet", "lightresunet_multilayer", "lightunet", "lightunet_multilayer",
+    "msdnet", "residualunet", "residualunet_multilayer",
+    "resnet101", "resnet152", "resnet18", "resnet200", "resnet34", "resnet50",
+    "resunet", "resunet_multilayer", "sdnet", "transunet", "uinc",
+    "unet", "unet_multilayer", "unetr",
+    "vgg", "vgg11", "vgg13", "vgg16", "vgg19",
+})
+
+# The `final_layer` Literal of GANDLF/configuration/model_config.py in gandlf==0.1.5 (same drift test).
+SUPPORTED_FINAL_LAYERS: frozenset[str] = frozenset({
+    "sigmoid", "softmax", "logsoftmax", "tanh", "identity", "logits", "regression", "None", "none",
+})
+
+SUPPORTED_MODALITIES = ("rad", "histo", "path")
+
+# GaNDLF 0.1.5's ModelConfig reads the channel count from any of these names (pydantic AliasChoices).
+CHANNEL_COUNT_ALIASES = ("num_channels", "n_channels", "channels", "model_channels")
+CHANNEL_COUNT_KEY = "num_channels"
+# ModelConfig's default. OpenFL's runner runs ConfigManager before it reads the CSV headers, so this
+# default, not the data, decides the model's input channels when the config names none.
+GANDLF_DEFAULT_CHANNEL_COUNT = 3
+
+# DefaultParameters' queue defaults, needed to compare the two queue settings when one is unset.
+GANDLF_DEFAULT_QUEUE_MAX_LENGTH = 100
+GANDLF_DEFAULT_QUEUE_SAMPLES_PER_VOLUME = 10
+
+GANDLF_DEFAULT_NESTED_TRAINING = {"testing": -5, "validation": -5}
+# NestedTraining.testing carries `le=10` in GaNDLF 0.1.5.
+NESTED_TRAINING_MAX_TESTING_FOLDS = 10
+
+_DIMENSION_HINT = "set `dimension: 2` or `dimension: 3` under `model:`"
+
+TRAINING_HINT = (
+    "cofe init needs a GaNDLF training config with a `model:` section (architecture, dimension, "
+    "final_layer, class_list), e.g. GaNDLF's samples/config_getting_started_segmentation_rad3d.yaml"
+)
+
+# Keys that only GaNDLF's non-training tools read; each marks a file kind by itself.
+_ANONYMIZER_KEYS = frozenset({"delete_private_tags", "convert_to_nifti"})
+# GANDLF/data/patch_miner/opm/utils.py parse_config; `patch_size` is left out as training has it too.
+_PATCH_EXTRACTION_KEYS = frozenset({"num_patches", "read_type", "overlap_factor", "value_map", "save_patches"})
+# Settings a training config gives as one value; `gandlf config-generator` strategies list alternatives.
+_STRATEGY_MODEL_KEYS = ("architecture", "base_filters", "dimension", "final_layer", "norm_type")
+_STRATEGY_TOP_LEVEL_KEYS = ("learning_rate", "batch_size", "num_epochs", "patience")
+
+_KIND_HINTS = {
+    "metrics-only": (
+        "this file configures `gandlf generate-metrics` (it has `panoptica_config` or "
+        "`problem_type: segmentation_brats`); to train its model, remove those keys"
+    ),
+    "generator-sample-strategy": (
+        "this is a `gandlf config-generator` strategy listing alternatives; generate the configs "
+        "from it with a base config first, then pass one of them"
+    ),
+    "openfl-plan": "this is an OpenFL plan; pass the GaNDLF config under task_runner.settings.gandlf_config instead",
+}
+
+# Preprocessing, augmentation and top-level keys that only make sense for RGB whole-slide images.
+_HISTOLOGY_PREPROCESSING_KEYS = frozenset({"rgba2rgb", "rgbatorgb", "rgba_to_rgb", "stain_normalization"})
+_HISTOLOGY_AUGMENTATION_KEYS = frozenset({"hed_transform"})
+_HISTOLOGY_TOP_LEVEL_KEYS = frozenset({"slide_level", "stride_size"})
+
+# '[*range(0,100,1)]' is documented in GaNDLF's config_all_options.yaml, but 0.1.5 reads class_list
+# strings with ast.literal_eval, which cannot evaluate it.
+_CLASS_RANGE = re.compile(
+    r"^\[\s*\*\s*range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?(?:,\s*(-?\d+)\s*)?\)\s*\]$"
+)
+
+
+class _TolerantLoader(yaml.SafeLoader):
+    """SafeLoader that reads any unknown tag (e.g. `!Panoptica_Evaluator`) as the plain value it tags.
+
+    GaNDLF's metrics configs carry panoptica's custom tags; a plain SafeLoader refuses the whole file.
+    Nothing is ever instantiated, so `!!python/object` stays as harmless as any other mapping.
+    """
+
+
+def _construct_untagged(loader: _TolerantLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_TolerantLoader.add_constructor(None, _construct_untagged)
+
+
+def load_gandlf_yaml(path: Path) -> dict:
+    """Read a GaNDLF YAML file into plain Python values; every problem becomes a CofeError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CofeError(f"GaNDLF config not found: {path}", hint="check the path passed to --gandlf-config") from None
+    except IsADirectoryError:
+        raise CofeError(f"GaNDLF config is a folder, not a file: {path}", hint="pass the YAML file itself") from None
+    except PermissionError:
+        raise CofeError(f"GaNDLF config is not readable: {path}", hint="check the file's permissions") from None
+    except UnicodeDecodeError:
+        raise CofeError(f"GaNDLF config is not UTF-8 text: {path}", hint="pass a YAML text file") from None
+    try:
+        cfg = yaml.load(text, Loader=_TolerantLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = error.problem or error.context or "invalid YAML"
+        raise CofeError(
+            f"GaNDLF config {path} is not valid YAML{where}: {problem}",
+            hint="fix the YAML syntax there (indentation, brackets, quotes)",
+        ) from None
+    except yaml.YAMLError as error:
+        raise CofeError(f"GaNDLF config {path} is not valid YAML: {error}", hint="fix the YAML syntax") from None
+    if not isinstance(cfg, dict):
+        found = "empty" if cfg is None else f"a {type(cfg).__name__}"
+        raise CofeError(
+            f"GaNDLF config {path} must be a YAML mapping at the top level, but it is {found}",
+            hint="a GaNDLF config maps keys such as `model:` and `patch_size:` to values",
+        )
+    return cfg
+
+
+def config_kind(cfg: dict) -> str:
+    """Which GaNDLF tool the file is for: "training", or "metrics-only", "generator-sample-strategy",
+    "anonymizer", "patch-extraction", "openfl-plan", "unrecognised"."""
+    if "task_runner" in cfg and "aggregator" in cfg:
+        return "openfl-plan"
+    # Checked before `model`: GaNDLF's BraTS metrics samples also carry a full model section.
+    if "panoptica_config" in cfg or cfg.get("problem_type") == "segmentation_brats":
+        return "metrics-only"
+    if "model" in cfg:
+        return "generator-sample-strategy" if _lists_alternatives(cfg) else "training"
+    if _ANONYMIZER_KEYS & cfg.keys():
+        return "anonymizer"
+    if _PATCH_EXTRACTION_KEYS & cfg.keys():
+        return "patch-extraction"
+    return "unrecognised"
+
+
+def _lists_alternatives(cfg: dict) -> bool:
+    model = cfg.get("model")
+    if isinstance(model, dict) and any(isinstance(model.get(key), list) for key in _STRATEGY_MODEL_KEYS):
+        return True
+    if any(isinstance(cfg.get(key), list) for key in _STRATEGY_TOP_LEVEL_KEYS):
+        return True
+    patch_size = cfg.get("patch_size")
+    return isinstance(patch_size, list) and any(isinstance(entry, list) for entry in patch_size)
+
+
+def normalise_gandlf_config(cfg: dict, *, gandlf_version: str = "0.1.5") -> dict:
+    """A new, normalised copy of a GaNDLF training config; `cfg` itself is never changed."""
+    normalised, _notes = normalise_gandlf_config_with_notes(cfg, gandlf_version=gandlf_version)
+    return normalised
+
+
+def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.5") -> tuple[dict, list[str]]:
+    """Like normalise_gandlf_config, plus one line per change made, for telling the user what changed."""
+    kind = config_kind(cfg)
+    if kind != "training":
+        extra = _KIND_HINTS.get(kind)
+        hint = f"{TRAINING_HINT}; {extra}" if extra else TRAINING_HINT
+        raise CofeError(f"{kind} config, not a training config", hint=hint)
+    result = copy.deepcopy(cfg)
+    notes: list[str] = []
+    model = result["model"]
+    if not isinstance(model, dict):
+        raise CofeError(
+            f"`model` must be a mapping, not {type(model).__name__}",
+            hint="write `model:` with keys such as architecture, dimension, final_layer, class_list",
+        )
+    _require_top_level_keys(result)
+    _normalise_architecture(model, notes)
+    _normalise_dimension(model, result.get("patch_size"), notes)
+    _normalise_final_layer(model, notes)
+    _normalise_norm_type(model, notes)
+    _normalise_channel_count(model, notes)
+    _normalise_class_list(model, notes)
+    _pin_version(result, gandlf_version, notes)
+    _normalise_modality(result, notes)
+    _normalise_patch_size(result, model["dimension"], notes)
+    _drop_null_clipping(result, notes)
+    _set_output_dir(result, notes)
+    _fix_queue_length(result, notes)
+    _normalise_nested_training(result, notes)
+    _clear_parallel_compute_command(result, notes)
+    _replace_null_sections(result, notes)
+    return result, notes
+
+
+def _require_top_level_keys(cfg: dict) -> None:
+    # These have no GaNDLF default and no safe guess: they are modelling decisions.
+    examples = {
+        "patch_size": "patch_size: [64, 64, 64]",
+        "loss_function": "loss_function: dc",
+        "metrics": "metrics: [dice]",
+    }
+    for key, example in examples.items():
+        if cfg.get(key) in (None, "", [], {}):
+            raise CofeError(f"the GaNDLF config has no `{key}`", hint=f"add it, e.g. `{example}`")
+
+
+def _normalise_architecture(model: dict, notes: list[str]) -> None:
+    architecture = model.get("architecture")
+    if not isinstance(architecture, str) or not architecture.strip():
+        raise CofeError(
+            "the GaNDLF config has no `model.architecture`",
+            hint=f"set one, e.g. {_examples_of(SUPPORTED_ARCHITECTURES)}",
+        )
+    # GaNDLF's get_model lowercases the name, but ConfigManager's Literal check does not.
+    lowered = architecture.strip().lower()
+    if lowered not in SUPPORTED_ARCHITECTURES:
+        close = difflib.get_close_matches(lowered, SUPPORTED_ARCHITECTURES, n=3)
+        suggestions = ", ".join(close) if close else _examples_of(SUPPORTED_ARCHITECTURES)
+        raise CofeError(
+            f"unknown GaNDLF architecture {architecture!r}",
+            hint=f"GaNDLF 0.1.5 knows {len(SUPPORTED_ARCHITECTURES)} architectures, e.g. {suggestions}",
+        )
+    if lowered != architecture:
+        notes.append(f"model.architecture {architecture!r} -> {lowered!r} (GaNDLF's config check is case-sensitive)")
+        model["architecture"] = lowered
+
+
+def _examples_of(names: frozenset[str]) -> str:
+    preferred = [name for name in ("unet", "resunet", "densenet121", "vgg16", "fcn") if name in names]
+    return ", ".join(preferred or sorted(names)[:5])
+
+
+def _normalise_dimension(model: dict, patch_size: Any, notes: list[str]) -> None:
+    dimension = model.get("dimension")
+    if dimension is None:
+        dimension = _dimension_from_patch_size(patch_size)
+        if dimension is None:
+            raise CofeError("the GaNDLF config has no `model.dimension`", hint=_DIMENSION_HINT)
+        notes.append(f"model.dimension set to {dimension} from patch_size {patch_size} (GaNDLF requires it)")
+    if isinstance(dimension, bool) or dimension not in (2, 3):
+        raise CofeError(f"model.dimension must be 2 or 3, not {dimension!r}", hint=_DIMENSION_HINT)
+    model["dimension"] = int(dimension)
+
+
+def _dimension_from_patch_size(patch_size: Any) -> int | None:
+    if not isinstance(patch_size, list):
+        return None
+    if len(patch_size) == 2:
+        return 2
+    if len(patch_size) == 3:
+        # GaNDLF writes 2D patches as [x, y, 1].
+        return 2 if patch_size[2] == 1 else 3
+    return None
+
+
+def _normalise_final_layer(model: dict, notes: list[str]) -> None:
+    if "final_layer" not in model:
+        raise CofeError(
+            "the GaNDLF config has no `model.final_layer`",
+            hint="set it under `model:`: sigmoid or softmax (segmentation/classification), none (regression)",
+        )
+    final_layer = model["final_layer"]
+    if final_layer is None:
+        # YAML null means "no final layer"; GaNDLF spells that "none" and rejects null.
+        model["final_layer"] = "none"
+        notes.append("model.final_layer null -> 'none' (GaNDLF rejects null)")
+        return
+    supported = {name.lower() for name in SUPPORTED_FINAL_LAYERS}
+    lowered = str(final_layer).strip().lower()
+    if lowered not in supported:
+        raise CofeError(
+            f"unknown GaNDLF final_layer {final_layer!r}",
+            hint=f"use one of: {', '.join(sorted(supported))}",
+        )
+    # "None" is a valid GaNDLF spelling; every other option is lowercase only.
+    if final_layer not in SUPPORTED_FINAL_LAYERS:
+        notes.append(f"model.final_layer {final_layer!r} -> {lowered!r} (GaNDLF's config check is case-sensitive)")
+        model["final_layer"] = lowered
+
+
+def _normalise_norm_type(model: dict, notes: list[str]) -> None:
+    if "norm_type" not in model:
+        return
+    norm_type = model["norm_type"]
+    if norm_type is None:
+        # Unset, GaNDLF uses "batch"; set to null, it refuses every non-VGG architecture.
+        del model["norm_type"]
+        notes.append("model.norm_type null dropped (GaNDLF then uses its default, batch)")
+        return
+    lowered = str(norm_type).strip().lower()
+    if lowered not in ("batch", "instance", "none"):
+        raise CofeError(f"unknown GaNDLF norm_type {norm_type!r}", hint="use batch, instance, or none (VGG only)")
+    if lowered == "none" and "vgg" not in model["architecture"]:
+        raise CofeError(
+            f"norm_type none is only allowed for VGG architectures, not {model['architecture']}",
+            hint="set `norm_type: batch` or `norm_type: instance` under `model:`",
+        )
+    if lowered != norm_type:
+        notes.append(f"model.norm_type {norm_type!r} -> {lowered!r} (GaNDLF's config check is case-sensitive)")
+        model["norm_type"] = lowered
+
+
+def _normalise_channel_count(model: dict, notes: list[str]) -> None:
+    given = {alias: model.pop(alias) for alias in CHANNEL_COUNT_ALIASES if alias in model}
+    counts = {alias: _channel_count(alias, value) for alias, value in given.items() if value is not None}
+    distinct = set(counts.values())
+    if len(distinct) > 1:
+        listed = ", ".join(f"{alias}: {count}" for alias, count in counts.items())
+        raise CofeError(
+            f"the model's channel count is given twice with different values ({listed})",
+            hint=f"keep only `{CHANNEL_COUNT_KEY}` under `model:`",
+        )
+    if distinct:
+        model[CHANNEL_COUNT_KEY] = distinct.pop()
+        renamed = [alias for alias in counts if alias != CHANNEL_COUNT_KEY]
+        if renamed:
+            notes.append(
+                f"model.{renamed[0]} -> model.{CHANNEL_COUNT_KEY} (the name GaNDLF documents and cofe checks data against)"
+            )
+    else:
+        model[CHANNEL_COUNT_KEY] = GANDLF_DEFAULT_CHANNEL_COUNT
+        notes.append(
+            f"model.{CHANNEL_COUNT_KEY} not set: using GaNDLF's default {GANDLF_DEFAULT_CHANNEL_COUNT}; "
+            "set it to the number of image channels per subject"
+        )
+
+
+def _channel_count(alias: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CofeError(
+            f"model.{alias} must be a positive whole number, not {value!r}",
+            hint=f"e.g. `{CHANNEL_COUNT_KEY}: 1` for one MRI sequence",
+        )
+    return value
+
+
+def _normalise_class_list(model: dict, notes: list[str]) -> None:
+    class_list = model.get("class_list")
+    if not isinstance(class_list, str):
+        return
+    text = class_list.strip()
+    if "&&" in text:
+        # ConfigManager accepts '&&', but GaNDLF 0.1.5's one_hot() only understands '||' and
+        # crashes on the first training batch.
+        raise CofeError(
+            f"class_list {class_list!r} combines labels with '&&', which GaNDLF 0.1.5 cannot train with",
+            hint="combine labels with '||' only, e.g. '[1||2||4,1||4,4]'",
+        )
+    if "||" in text:
+        # Exactly GaNDLF's own reading (validate_class_list), written out as a list.
+        parsed: list = [entry.strip() for entry in text.replace("[", "").replace("]", "").split(",")]
+    elif match := _CLASS_RANGE.match(text):
+        start, stop, step = match.groups()
+        bounds = (int(start),) if stop is None else (int(start), int(stop))
+        if step is not None and int(step) == 0:
+            raise CofeError(f"class_list {class_list!r} has a range step of 0", hint="use a non-zero step")
+        parsed = list(range(*bounds, *(() if step is None else (int(step),))))
+    else:
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            parsed = None
+        if not isinstance(parsed, (list, tuple)):
+            raise CofeError(
+                f"class_list {class_list!r} is not a list GaNDLF can read",
+                hint="write it as a YAML list, e.g. `class_list: [0, 1]`, or as '[1||2||4,1||4,4]'",
+            )
+        parsed = list(parsed)
+    model["class_list"] = parsed
+    notes.append(f"model.class_list {class_list!r} -> {parsed!r} (the list GaNDLF reads from that string)")
+
+
+def _pin_version(cfg: dict, gandlf_version: str, notes: list[str]) -> None:
+    # GaNDLF refuses any config whose pin excludes the running version; samples pin 0.1.6-dev.
+    pinned = {"minimum": gandlf_version, "maximum": gandlf_version}
+    previous = cfg.get("version")
+    if previous != pinned:
+        cfg["version"] = pinned
+        notes.append(f"version pin {previous!r} -> {pinned!r} (GaNDLF refuses configs pinned to other versions)")
+
+
+def _normalise_modality(cfg: dict, notes: list[str]) -> None:
+    modality = cfg.get("modality")
+    if modality is None:
+        cfg["modality"] = "histo" if _looks_like_histology(cfg) else "rad"
+        notes.append(f"modality not set: using {cfg['modality']!r} (GaNDLF requires it)")
+        return
+    lowered = str(modality).strip().lower()
+    if lowered not in SUPPORTED_MODALITIES:
+        raise CofeError(f"unknown GaNDLF modality {modality!r}", hint="use rad (radiology), histo or path (histopathology)")
+    if lowered != modality:
+        notes.append(f"modality {modality!r} -> {lowered!r} (GaNDLF's config check is case-sensitive)")
+        cfg["modality"] = lowered
+
+
+def _looks_like_histology(cfg: dict) -> bool:
+    """2D and at least one setting that only whole-slide RGB images use. Channel count alone is not
+    enough: GaNDLF's 2D RGB photo sample (DFU 2021) is radiology-style ("rad")."""
+    if cfg["model"].get("dimension") != 2:
+        return False
+    preprocessing = cfg.get("data_preprocessing")
+    augmentation = cfg.get("data_augmentation")
+    return bool(
+        _HISTOLOGY_TOP_LEVEL_KEYS & cfg.keys()
+        or isinstance(preprocessing, dict) and _HISTOLOGY_PREPROCESSING_KEYS & preprocessing.keys()
+        or isinstance(augmentation, dict) and _HISTOLOGY_AUGMENTATION_KEYS & augmentation.keys()
+    )
+
+
+def _normalise_patch_size(cfg: dict, dimension: int, notes: list[str]) -> None:
+    patch_size = cfg["patch_size"]
+    entries = patch_size if isinstance(patch_size, list) else [patch_size]
+    sizes = [_patch_edge(entry, patch_size) for entry in entries]
+    if len(sizes) == 1:
+        # GaNDLF repeats a single edge over the model's dimensions; written out, the plan shows it.
+        sizes = sizes * dimension
+    if len(sizes) not in (2, 3):
+        raise CofeError(
+            f"patch_size {patch_size!r} must have 2 or 3 entries",
+            hint="e.g. `patch_size: [64, 64, 64]` or `[128, 128]`",
+        )
+    if sizes != patch_size:
+        cfg["patch_size"] = sizes
+        notes.append(f"patch_size {patch_size!r} -> {sizes!r}")
+
+
+def _patch_edge(entry: Any, patch_size: Any) -> int:
+    if isinstance(entry, bool) or not isinstance(entry, (int, float)) or entry < 1 or entry != int(entry):
+        raise CofeError(
+            f"patch_size {patch_size!r} must hold positive whole numbers of voxels",
+            hint="e.g. `patch_size: [64, 64, 64]` (patch-extraction sizes such as 1000m are not training patch sizes)",
+        )
+    return int(entry)
+
+
+def _drop_null_clipping(cfg: dict, notes: list[str]) -> None:
+    # GaNDLF 0.1.5 rejects `clip_mode: null`; absent, it means "norm" and no clipping without clip_grad.
+    for key in ("clip_mode", "clip_grad"):
+        if key in cfg and cfg[key] is None:
+            del cfg[key]
+            notes.append(f"{key}: null dropped (GaNDLF rejects null; unset keeps its default)")
+
+
+def _set_output_dir(cfg: dict, notes: list[str]) -> None:
+    # GaNDLF's validate_network reads params["output_dir"]; without it every collaborator dies with
+    # KeyError at its first validation. "." is the collaborator's workspace, as in OpenFL's template.
+    if not cfg.get("output_dir"):
+        cfg["output_dir"] = "."
+        notes.append("output_dir set to '.' (GaNDLF's validation needs it; OpenFL's template uses '.')")
+
+
+def _fix_queue_length(cfg: dict, notes: list[str]) -> None:
+    # torchio 0.19.6's Queue crashes ("Stop argument for islice() must be None or an integer")
+    # when it holds fewer patches than one volume yields.
+    max_length = cfg.get("q_max_length", GANDLF_DEFAULT_QUEUE_MAX_LENGTH)
+    samples_per_volume = cfg.get("q_samples_per_volume", GANDLF_DEFAULT_QUEUE_SAMPLES_PER_VOLUME)
+    if isinstance(max_length, int) and isinstance(samples_per_volume, int) and max_length < samples_per_volume:
+        cfg["q_max_length"] = samples_per_volume
+        notes.append(f"q_max_length {max_length} -> {samples_per_volume} (torchio crashes below q_samples_per_volume)")
+
+
+def _normalise_nested_training(cfg: dict, notes: list[str]) -> None:
+    # GaNDLF requires the section, but OpenFL trains on each site's train.csv/valid.csv and never
+    # splits folds; only values ConfigManager would refuse are replaced, by GaNDLF's defaults.
+    nested = cfg.get("nested_training")
+    if not isinstance(nested, dict):
+        cfg["nested_training"] = dict(GANDLF_DEFAULT_NESTED_TRAINING)
+        notes.append(
+            f"nested_training {nested!r} -> {cfg['nested_training']} (GaNDLF requires it; OpenFL does not split folds)"
+        )
+        return
+    for key, default in GANDLF_DEFAULT_NESTED_TRAINING.items():
+        value = nested.get(key)
+        usable = isinstance(value, int) and not isinstance(value, bool)
+        if key == "testing" and usable:
+            usable = value <= NESTED_TRAINING_MAX_TESTING_FOLDS
+        if not usable:
+            nested[key] = default
+            notes.append(
+                f"nested_training.{key} {value!r} -> {default} (GaNDLF refuses it; OpenFL does not split folds)"
+            )
+
+
+def _clear_parallel_compute_command(cfg: dict, notes: list[str]) -> None:
+    # An HPC submit command (qsub ...) for GaNDLF's own multi-fold runs, with the author's paths;
+    # a federation never uses it, and a null value fails GaNDLF's str check.
+    if cfg.get("parallel_compute_command", "") != "":
+        cfg["parallel_compute_command"] = ""
+        notes.append("parallel_compute_command emptied (an HPC command for GaNDLF's own multi-fold runs)")
+
+
+def _replace_null_sections(cfg: dict, notes: list[str]) -> None:
+    # `data_augmentation:` with nothing after it is null; GaNDLF wants a mapping (and its augmentation
+    # validator indexes into it).
+    for key in ("data_preprocessing", "data_augmentation", "data_postprocessing"):
+        if key in cfg and cfg[key] is None:
+            cfg[key] = {}
+            notes.append(f"{key}: null -> {{}} (GaNDLF expects a mapping)")

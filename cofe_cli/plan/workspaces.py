@@ -1,0 +1,74 @@
+"""Builders that turn a plan into files: `plans/` and one complete OpenFL workspace per participant.
+
+Each builder does one thing; `build_federation` runs them in order into a staging folder that the
+caller swaps into place only once everything (including GaNDLF's and OpenFL's checks) passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.fsutil import atomic_write_text
+from cofe_cli.plan.builder import dump_yaml, render_cols, render_data_config
+
+PLAN_FILE = "plan.yaml"
+COLS_FILE = "cols.yaml"
+GANDLF_FILE = "gandlf_config.yaml"
+INIT_MODEL = "init.pbuf"
+
+
+@dataclass(frozen=True)
+class CollaboratorData:
+    name: str
+    data_folder: Path | None  # None: the data lives at the site and is given to `cofe start`
+
+
+def write_plans(layout: FederationLayout, plan_yaml: str, gandlf_config: dict, manifest: Manifest) -> None:
+    atomic_write_text(layout.plans / PLAN_FILE, plan_yaml)
+    atomic_write_text(layout.plans / COLS_FILE, render_cols(list(manifest.collaborators)))
+    atomic_write_text(layout.plans / GANDLF_FILE, dump_yaml(gandlf_config))
+    atomic_write_text(layout.manifest_file, dump_yaml(manifest.to_dict()))
+
+
+def write_workspace(layout: FederationLayout, participant: str, data: dict[str, str]) -> Path:
+    """An OpenFL workspace: plan/{plan,cols,data}.yaml plus the folders OpenFL writes into."""
+    workspace = layout.workspace(participant)
+    for sub in ("plan", "cert", "save", "logs", "local_state"):
+        (workspace / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.plans / PLAN_FILE, workspace / "plan" / PLAN_FILE)
+    shutil.copyfile(layout.plans / COLS_FILE, workspace / "plan" / COLS_FILE)
+    atomic_write_text(workspace / "plan" / "data.yaml", render_data_config(data))
+    return workspace
+
+
+def write_collaborator_data(layout: FederationLayout, collaborator: CollaboratorData) -> None:
+    entries = {collaborator.name: str(collaborator.data_folder)} if collaborator.data_folder else {}
+    write_workspace(layout, collaborator.name, entries)
+
+
+def build_federation(layout: FederationLayout, plan_yaml: str, gandlf_config: dict, manifest: Manifest,
+                     collaborators: list[CollaboratorData]) -> None:
+    write_plans(layout, plan_yaml, gandlf_config, manifest)
+    write_workspace(layout, AGGREGATOR, {})
+    for collaborator in collaborators:
+        write_collaborator_data(layout, collaborator)
+
+
+def set_collaborator_data(layout: FederationLayout, name: str, data_folder: Path) -> None:
+    """A site names its own data when it starts (the coordinator never sees it)."""
+    atomic_write_text(layout.workspace(name) / "plan" / "data.yaml", render_data_config({name: str(data_folder)}))
+
+
+def collaborator_data_folder(layout: FederationLayout, name: str) -> Path | None:
+    data_file = layout.workspace(name) / "plan" / "data.yaml"
+    if not data_file.is_file():
+        return None
+    for line in data_file.read_text().splitlines():
+        if line and not line.startswith("#"):
+            entry, _, path = line.partition(",")
+            if entry == name and path:
+                return Path(path)
+    return None

@@ -1,0 +1,68 @@
+"""The multi-terminal path (`cofe start` per participant) and the aggregator's mutual TLS."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from cofe_cli.pki import CertificateAuthority
+from federation_helpers import SITES, cofe, cofe_background, collaborator_args, free_port, processes_using, wait_for_port
+
+pytestmark = pytest.mark.federation
+
+
+def _ping(port: int, chain: bytes, cert: bytes | None, key: bytes | None, plan, sender: str) -> grpc.StatusCode | None:
+    from openfl.protocols import aggregator_pb2, aggregator_pb2_grpc
+    from openfl.transport.grpc.common import create_header
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=chain, private_key=key, certificate_chain=cert)
+    with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+        header = create_header(sender=sender, receiver=plan.aggregator_uuid, federation_uuid=plan.federation_uuid,
+                               single_col_cert_common_name="")
+        try:
+            aggregator_pb2_grpc.AggregatorStub(channel).Ping(aggregator_pb2.PingRequest(header=header), timeout=20)
+            return None
+        except grpc.RpcError as error:
+            return error.code()
+
+
+def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_config):
+    fed = tmp_path / "fed"
+    port = free_port()
+    cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(site_data), "--rounds", 2,
+         "--port", port, check=True)
+    start_early = cofe("start", "aggregator", "--dir", fed)
+    assert start_early.returncode == 2 and "cofe certify" in start_early.stderr
+    cofe("certify", "--dir", fed, check=True)
+
+    aggregator = cofe_background("start", "aggregator", "--dir", fed, log=tmp_path / "aggregator.out")
+    wait_for_port(port)
+
+    from openfl.federated import Plan
+
+    workspace = fed / "workspaces" / "site_a"
+    plan = Plan.parse(plan_config_path=workspace / "plan" / "plan.yaml", cols_config_path=workspace / "plan" / "cols.yaml")
+    chain = (workspace / "cert" / "cert_chain.crt").read_bytes()
+    own_cert = (workspace / "cert" / "client" / "col_site_a.crt").read_bytes()
+    own_key = (workspace / "cert" / "client" / "col_site_a.key").read_bytes()
+    stranger = CertificateAuthority.create(tmp_path / "other-ca").issue_client_cert("site_a")
+
+    assert _ping(port, chain, own_cert, own_key, plan, "site_a") is None  # the control: a real member gets through
+    assert _ping(port, chain, None, None, plan, "site_a") == grpc.StatusCode.UNAVAILABLE
+    assert _ping(port, chain, stranger.cert_pem, stranger.key_pem, plan, "site_a") == grpc.StatusCode.UNAVAILABLE
+
+    collaborators = [cofe_background("start", "collaborator", name, "--dir", fed, log=tmp_path / f"{name}.out")
+                     for name in SITES]
+    deadline = time.monotonic() + 900
+    for proc in [aggregator, *collaborators]:
+        proc.wait(timeout=max(1, deadline - time.monotonic()))
+    logs = {p.name: p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("*.out")}
+    assert aggregator.returncode == 0, logs
+    assert all(proc.returncode == 0 for proc in collaborators), logs
+    assert (fed / "workspaces" / "aggregator" / "save" / "last.pt").is_file()
+    assert processes_using(fed) == []
+
+    restarted = cofe("start", "aggregator", "--dir", fed)
+    assert restarted.returncode == 2 and "already finished" in restarted.stderr

@@ -1,0 +1,310 @@
+"""The OpenFL plan built from every GaNDLF sample, and the files `plans/` and the workspaces get; no torch."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cofe_cli
+from cofe_cli.errors import CofeError
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.plan.builder import (
+    ALGORITHMS,
+    PlanOptions,
+    build_plan,
+    check_plan_options,
+    dump_yaml,
+    plan_hash,
+    render_cols,
+    render_data_config,
+)
+from cofe_cli.plan.gandlf_config import config_kind, load_gandlf_yaml, normalise_gandlf_config
+from cofe_cli.plan.workspaces import (
+    COLS_FILE,
+    GANDLF_FILE,
+    PLAN_FILE,
+    CollaboratorData,
+    build_federation,
+    collaborator_data_folder,
+    set_collaborator_data,
+)
+
+# The shared folder sits beside the repository folder.
+SAMPLES_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "gandlf-samples"
+SAMPLE_FOLDERS = ("samples", "testing")
+GANDLF_VERSION = "0.1.5"
+
+# What each algorithm must put into the plan, written out independently of builder.ALGORITHMS:
+# the `train` task's aggregation template and the FedProx mu the task runner gets (None: no key).
+EXPECTED_AGGREGATION = {
+    "fedavg": ("openfl.interface.aggregation_functions.WeightedAverage", None),
+    "fedprox": ("openfl.interface.aggregation_functions.WeightedAverage", 0.01),
+    "median": ("openfl.interface.aggregation_functions.Median", None),
+    "geometric-median": ("openfl.interface.aggregation_functions.GeometricMedian", None),
+}
+TASK_NAMES = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
+
+
+def _sample_params(training: bool) -> list:
+    if not SAMPLES_ROOT.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"GaNDLF sample configs not found at {SAMPLES_ROOT}"))]
+    params = []
+    for folder in SAMPLE_FOLDERS:
+        for path in sorted((SAMPLES_ROOT / folder).glob("*.yaml")):
+            if (config_kind(load_gandlf_yaml(path)) == "training") == training:
+                params.append(pytest.param(path, id=f"{folder}/{path.name}"))
+    return params
+
+
+TRAINING_SAMPLES = _sample_params(training=True)
+OTHER_SAMPLES = _sample_params(training=False)
+
+
+def minimal_config() -> dict:
+    return normalise_gandlf_config({
+        "model": {"architecture": "resunet", "dimension": 3, "final_layer": "sigmoid", "class_list": [0, 1],
+                  "num_channels": 1},
+        "patch_size": [32, 32, 32],
+        "loss_function": "dc",
+        "metrics": ["dice"],
+    }, gandlf_version=GANDLF_VERSION)
+
+
+def options(**changes) -> PlanOptions:
+    values = {"rounds": 3, "aggregator_address": "fl.example.org", "aggregator_port": 50051}
+    values.update(changes)
+    return PlanOptions(**values)
+
+
+def all_keys(data) -> set:
+    if isinstance(data, dict):
+        return set(data) | {key for value in data.values() for key in all_keys(value)}
+    if isinstance(data, list):
+        return {key for value in data for key in all_keys(value)}
+    return set()
+
+
+# ---------------------------------------------------------------- every training sample
+
+
+def test_the_sample_lists_are_not_empty() -> None:
+    if not SAMPLES_ROOT.is_dir():
+        pytest.skip(f"GaNDLF sample configs not found at {SAMPLES_ROOT}")
+    assert len(TRAINING_SAMPLES) >= 10 and len(OTHER_SAMPLES) >= 3
+
+
+@pytest.mark.parametrize("algorithm", sorted(EXPECTED_AGGREGATION))
+@pytest.mark.parametrize("path", TRAINING_SAMPLES)
+def test_plan_of_every_training_sample(path: Path, algorithm: str) -> None:
+    gandlf_config = normalise_gandlf_config(load_gandlf_yaml(path), gandlf_version=GANDLF_VERSION)
+    untouched = copy.deepcopy(gandlf_config)
+
+    plan = build_plan(gandlf_config, options(rounds=4, algorithm=algorithm, epochs_per_round=2))
+
+    assert gandlf_config == untouched, "building the plan must not change the GaNDLF config"
+    assert plan["aggregator"]["settings"]["rounds_to_train"] == 4
+    network = plan["network"]["settings"]
+    assert (network["agg_addr"], network["agg_port"]) == ("fl.example.org", 50051)
+    assert network["use_tls"] is True and network["require_client_auth"] is True
+    runner = plan["task_runner"]["settings"]
+    assert runner["gandlf_config"] == untouched
+    assert runner["device"] == "cpu"
+    assert plan["data_loader"]["settings"]["feature_shape"] == untouched["patch_size"]
+
+    assert tuple(plan["tasks"]) == TASK_NAMES
+    (group,) = plan["assigner"]["settings"]["task_groups"]
+    assert tuple(group["tasks"]) == TASK_NAMES and group["percentage"] == 1.0
+    assert plan["tasks"]["train"]["function"] == "train"
+    assert plan["tasks"]["train"]["kwargs"]["epochs"] == 2
+    assert plan["tasks"]["train"]["kwargs"]["metrics"][0] == "loss"
+    for name, apply in (("aggregated_model_validation", "global"), ("locally_tuned_model_validation", "local")):
+        assert plan["tasks"][name]["function"] == "validate"
+        assert plan["tasks"][name]["kwargs"]["apply"] == apply
+        assert "valid_loss" in plan["tasks"][name]["kwargs"]["metrics"]
+
+    template, mu = EXPECTED_AGGREGATION[algorithm]
+    assert plan["tasks"]["train"]["aggregation_type"]["template"] == template
+    assert runner.get("proximal_mu") == mu
+
+    # Self-contained (no OpenFL `defaults:` includes) and exactly what a YAML reader gets back.
+    assert "defaults" not in all_keys(plan)
+    text = dump_yaml(plan)
+    assert yaml.safe_load(text) == plan
+    assert plan_hash(text) == plan_hash(dump_yaml(build_plan(untouched, options(rounds=4, algorithm=algorithm, epochs_per_round=2))))
+
+
+@pytest.mark.parametrize("path", OTHER_SAMPLES)
+def test_every_non_training_sample_is_refused(path: Path) -> None:
+    with pytest.raises(CofeError, match="not a training config") as refused:
+        normalise_gandlf_config(load_gandlf_yaml(path), gandlf_version=GANDLF_VERSION)
+    assert refused.value.hint
+
+
+# ---------------------------------------------------------------- algorithms and options
+
+
+def test_every_algorithm_is_covered_here() -> None:
+    assert set(ALGORITHMS) == set(EXPECTED_AGGREGATION)
+
+
+def test_fedprox_takes_the_given_mu() -> None:
+    plan = build_plan(minimal_config(), options(algorithm="fedprox", proximal_mu=0.5))
+    assert plan["task_runner"]["settings"]["proximal_mu"] == 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: --proximal-mu with --algorithm fedavg silently trains FedProx "
+                                       "(builder.py build_plan: `mu = options.proximal_mu if ... else default_mu`)")
+def test_proximal_mu_with_a_non_fedprox_algorithm_is_not_silently_applied() -> None:
+    try:
+        plan = build_plan(minimal_config(), options(algorithm="fedavg", proximal_mu=0.5))
+    except CofeError:
+        return  # refusing it is fine too
+    assert "proximal_mu" not in plan["task_runner"]["settings"]
+
+
+def test_templates_name_engine_classes_that_exist() -> None:
+    # Checked on the source, not by import: the engine modules import OpenFL and torch.
+    plan = build_plan(minimal_config(), options())
+    package = Path(cofe_cli.__file__).parent
+    for section in ("aggregator", "data_loader", "task_runner"):
+        module, _, cls = plan[section]["template"].rpartition(".")
+        assert module.startswith("cofe_cli.engine."), plan[section]["template"]
+        source = package.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        assert f"class {cls}(" in source.read_text(), f"{plan[section]['template']} not found in {source}"
+
+
+def test_plan_metrics_follow_the_gandlf_metrics() -> None:
+    config = minimal_config() | {"metrics": ["dice", {"hd95": {"connectivity": 1}}]}
+    plan = build_plan(config, options())
+    assert plan["tasks"]["train"]["kwargs"]["metrics"] == ["loss", "train_dice", "train_hd95"]
+    assert plan["tasks"]["aggregated_model_validation"]["kwargs"]["metrics"] == ["valid_loss", "valid_dice", "valid_hd95"]
+
+
+def test_plan_hash_is_sha384_of_the_text_and_changes_with_the_plan() -> None:
+    config = minimal_config()
+    text = dump_yaml(build_plan(config, options(rounds=3)))
+    assert plan_hash(text) == hashlib.sha384(text.encode()).hexdigest() and len(plan_hash(text)) == 96
+    assert plan_hash(dump_yaml(build_plan(copy.deepcopy(config), options(rounds=3)))) == plan_hash(text)
+    assert plan_hash(dump_yaml(build_plan(config, options(rounds=4)))) != plan_hash(text)
+    assert plan_hash(dump_yaml(build_plan(config, options(rounds=3, aggregator_port=50052)))) != plan_hash(text)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: data_loader.feature_shape is the same list object as the GaNDLF "
+                                       "config's patch_size, so plan.yaml holds a YAML anchor/alias (&id001/*id001)")
+def test_plan_yaml_has_no_anchors_or_aliases() -> None:
+    text = dump_yaml(build_plan(minimal_config(), options()))
+    assert "&id" not in text and "*id" not in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rounds": 0}, "--rounds must be at least 1"),
+        ({"rounds": -2}, "--rounds must be at least 1"),
+        ({"aggregator_port": 70000}, "port 70000 is out of range"),
+        ({"aggregator_port": 0}, "port 0 is out of range"),
+        ({"algorithm": "fedsgd"}, "unknown aggregation algorithm 'fedsgd'"),
+        ({"epochs_per_round": 0}, "--epochs-per-round must be at least 1"),
+        ({"aggregator_address": "fl example.org"}, "is not a host name or IP"),
+        ({"aggregator_address": ""}, "is not a host name or IP"),
+    ],
+    ids=["rounds-0", "rounds-negative", "port-70000", "port-0", "unknown-algorithm", "epochs-0", "address-space",
+         "address-empty"],
+)
+def test_bad_plan_options_are_refused_with_a_hint(changes: dict, message: str) -> None:
+    with pytest.raises(CofeError, match=message) as refused:
+        build_plan(minimal_config(), options(**changes))
+    assert refused.value.hint
+    with pytest.raises(CofeError, match=message):
+        check_plan_options(options(**changes))
+
+
+def test_unknown_algorithm_hint_lists_the_known_ones() -> None:
+    with pytest.raises(CofeError) as refused:
+        check_plan_options(options(algorithm="fedsgd"))
+    assert all(name in refused.value.hint for name in ALGORITHMS)
+
+
+# ---------------------------------------------------------------- rendered files
+
+
+def test_render_cols() -> None:
+    text = render_cols(["hospital_a", "hospital_b"])
+    assert yaml.safe_load(text) == {"collaborators": ["hospital_a", "hospital_b"]}
+
+
+def test_render_data_config_is_name_comma_path_lines() -> None:
+    text = render_data_config({"hospital_a": "/data/a", "hospital_b": "/data/b,with comma"})
+    lines = text.splitlines()
+    assert text.endswith("\n")
+    assert lines[0].startswith("#")
+    assert lines[1:] == ["hospital_a,/data/a", "hospital_b,/data/b,with comma"]
+    assert render_data_config({}).splitlines()[1:] == []
+
+
+# ---------------------------------------------------------------- plans/ and workspaces/
+
+
+def _manifest(plan_yaml: str, collaborators: tuple[str, ...]) -> Manifest:
+    return Manifest(name="unit", collaborators=collaborators, rounds=3, aggregator_address="fl.example.org",
+                    aggregator_port=50051, algorithm="fedavg", plan_sha384=plan_hash(plan_yaml),
+                    versions={"cofe": cofe_cli.__version__})
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[FederationLayout, str, dict, Manifest]:
+    config = minimal_config()
+    plan_yaml = dump_yaml(build_plan(config, options()))
+    manifest = _manifest(plan_yaml, ("hospital_a", "hospital_b"))
+    layout = FederationLayout(tmp_path / "fed")
+    build_federation(layout, plan_yaml, config, manifest, [
+        CollaboratorData("hospital_a", tmp_path / "data_a"),
+        CollaboratorData("hospital_b", None),
+    ])
+    return layout, plan_yaml, config, manifest
+
+
+def test_build_federation_writes_plans(built) -> None:
+    layout, plan_yaml, config, manifest = built
+    assert (layout.plans / PLAN_FILE).read_text() == plan_yaml
+    assert yaml.safe_load((layout.plans / COLS_FILE).read_text()) == {"collaborators": ["hospital_a", "hospital_b"]}
+    assert yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) == config
+    assert layout.is_initialised()
+    assert layout.load_manifest() == manifest
+    assert plan_hash((layout.plans / PLAN_FILE).read_text()) == manifest.plan_sha384
+
+
+def test_build_federation_writes_one_workspace_per_participant(built, tmp_path: Path) -> None:
+    layout, plan_yaml, _, _ = built
+    assert sorted(p.name for p in layout.workspaces.iterdir()) == [AGGREGATOR, "hospital_a", "hospital_b"]
+    for participant in (AGGREGATOR, "hospital_a", "hospital_b"):
+        workspace = layout.workspace(participant)
+        assert (workspace / "plan" / PLAN_FILE).read_text() == plan_yaml
+        assert (workspace / "plan" / COLS_FILE).read_bytes() == (layout.plans / COLS_FILE).read_bytes()
+        assert (workspace / "plan" / "data.yaml").is_file()
+        for sub in ("cert", "save", "logs", "local_state"):
+            assert (workspace / sub).is_dir()
+
+    def entries(participant: str) -> list[str]:
+        text = (layout.workspace(participant) / "plan" / "data.yaml").read_text()
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    assert entries(AGGREGATOR) == []
+    assert entries("hospital_a") == [f"hospital_a,{tmp_path / 'data_a'}"]
+    assert entries("hospital_b") == []  # data given at the site with `cofe start collaborator --data`
+
+
+def test_collaborator_data_folder_round_trip(built, tmp_path: Path) -> None:
+    layout = built[0]
+    assert collaborator_data_folder(layout, "hospital_a") == tmp_path / "data_a"
+    assert collaborator_data_folder(layout, "hospital_b") is None
+    assert collaborator_data_folder(layout, "nobody") is None
+
+    site_data = tmp_path / "site b" / "data,v2"
+    set_collaborator_data(layout, "hospital_b", site_data)
+    assert collaborator_data_folder(layout, "hospital_b") == site_data
+    assert collaborator_data_folder(layout, "hospital_a") == tmp_path / "data_a", "other sites are not touched"
