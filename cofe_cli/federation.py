@@ -29,7 +29,9 @@ def check_collaborator_name(name: str) -> str:
     if name == AGGREGATOR:
         raise CofeError("'aggregator' is reserved and cannot name a collaborator", hint="pick another name, e.g. hospital_a")
     if not _NAME_PATTERN.match(name):
-        suggestion = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-") or "site_1"
+        suggestion = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")[:63] or "site_1"
+        if suggestion == AGGREGATOR or not _NAME_PATTERN.match(suggestion):
+            suggestion = "site_1"
         raise CofeError(
             f"collaborator name {name!r} is not a safe name",
             hint=f"use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit, e.g. {suggestion!r}",
@@ -73,7 +75,11 @@ class FederationLayout:
     def load_manifest(self) -> "Manifest":
         if not self.is_initialised():
             raise CofeError(f"no federation in {self.root}", hint="run `cofe init --dir DIR ...` first, or pass the right --dir")
-        return Manifest.from_dict(yaml.safe_load(self.manifest_file.read_text()))
+        try:
+            return Manifest.from_dict(yaml.safe_load(self.manifest_file.read_text()))
+        except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CofeError(f"{self.manifest_file} is damaged ({type(exc).__name__}: {exc})",
+                            hint="re-create the federation with `cofe init --force`") from None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ class GaNDLFDataLoader(GaNDLFDataLoaderWrapper):
     def __init__(self, data_path=None, feature_shape=None, **kwargs):
         super().__init__(data_path=data_path, **kwargs)
         # Model initialisation happens before any data is loaded, so the shape comes from the plan.
-        self.feature_shape = feature_shape if isinstance(feature_shape, list) else [feature_shape] * 3
+        self.feature_shape = list(feature_shape or [])
 
     def get_feature_shape(self):
         return self.feature_shape

@@ -58,33 +58,32 @@ def _is_current(paths: CertPaths, chain_pem: bytes) -> bool:
         return False
     try:
         verify_issued_by(paths.cert.read_bytes(), chain_pem)
-    except CofeError:
+        return check_key_matches_cert(paths.key.read_bytes(), paths.cert.read_bytes())
+    except CofeError:  # unreadable or foreign: not current
         return False
-    return check_key_matches_cert(paths.key.read_bytes(), paths.cert.read_bytes())
 
 
 def certify_locally(layout: FederationLayout, manifest: Manifest, *, force: bool = False,
                     validity_days: int = DEFAULT_VALIDITY_DAYS) -> list[tuple[str, str]]:
     """For a federation run by one party: a CA and every participant's certificate, in one step.
 
-    Returns (participant, action) pairs. Keys are never overwritten without `force`; a valid
-    certificate from this CA is kept as it is."""
-    actions = []
-    if CertificateAuthority.exists(layout.ca) and not force:
-        ca = CertificateAuthority.load(layout.ca)
-        actions.append(("CA", "kept"))
-    else:
-        ca = CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
-        actions.append(("CA", "created"))
-    chain = ca.chain_pem()
+    Returns (participant, action) pairs. Keys are never overwritten without `force`, and a refusal
+    is decided before anything is written; a valid certificate from this CA is kept as it is."""
+    existing = CertificateAuthority.load(layout.ca) if CertificateAuthority.exists(layout.ca) and not force else None
+    chain = existing.chain_pem() if existing else None
+    actions, to_issue = [("CA", "kept" if existing else "created")], []
     for participant in (AGGREGATOR, *manifest.collaborators):
         paths = participant_cert_paths(layout, manifest, participant)
-        if not force and _is_current(paths, chain):
+        if chain is not None and _is_current(paths, chain):
             actions.append((participant, "kept"))
-            continue
-        if paths.key.exists() and not force:
+        elif paths.key.exists() and not force:
             raise CofeError(f"{participant} already has a private key that this CA did not certify ({paths.key})",
                             hint="pass --force to replace it with a new key and certificate")
+        else:
+            to_issue.append((participant, paths))
+    ca = existing or CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
+    chain = ca.chain_pem()
+    for participant, paths in to_issue:
         if participant == AGGREGATOR:
             issued = ca.issue_server_cert(manifest.aggregator_address, validity_days=validity_days)
         else:

@@ -42,9 +42,14 @@ def check_plan_options(options: PlanOptions) -> None:
     if options.rounds < 1:
         raise CofeError(f"--rounds must be at least 1, got {options.rounds}", hint="e.g. --rounds 3")
     if not 1 <= options.aggregator_port <= 65535:
-        raise CofeError(f"port {options.aggregator_port} is out of range", hint="use a TCP port between 1024 and 65535, e.g. 50051")
+        raise CofeError(f"port {options.aggregator_port} is out of range", hint="use a TCP port between 1 and 65535, e.g. 50051")
     if options.algorithm not in ALGORITHMS:
         raise CofeError(f"unknown aggregation algorithm {options.algorithm!r}", hint=f"choose one of: {', '.join(ALGORITHMS)}")
+    if options.proximal_mu is not None and options.algorithm != "fedprox":
+        raise CofeError(f"--proximal-mu is FedProx's setting, but the algorithm is {options.algorithm}",
+                        hint="add --algorithm fedprox, or drop --proximal-mu")
+    if options.proximal_mu is not None and options.proximal_mu < 0:
+        raise CofeError(f"--proximal-mu must not be negative, got {options.proximal_mu}", hint="e.g. --proximal-mu 0.01")
     if options.epochs_per_round < 1:
         raise CofeError("--epochs-per-round must be at least 1", hint="e.g. --epochs-per-round 1")
     if not options.aggregator_address or any(c.isspace() for c in options.aggregator_address):
@@ -63,7 +68,7 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
     aggregation, default_mu = ALGORITHMS[options.algorithm]
     mu = options.proximal_mu if options.proximal_mu is not None else default_mu
     metric_names = _metric_names(gandlf_config)
-    patch_size = gandlf_config.get("patch_size")
+    patch_size = list(gandlf_config.get("patch_size") or [])  # a copy: a shared list becomes a YAML alias
     validation = [f"valid_{name}" for name in metric_names]
     train_metrics = ["loss"] + [f"train_{name}" for name in metric_names]
     task_runner_settings = {"device": options.device, "gandlf_config": gandlf_config}

@@ -64,7 +64,12 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise CofeError(f"cannot read {path}: {exc.strerror}", hint="check the path and its permissions") from None
     reader = csv.DictReader(io.StringIO(text))
     header = [name.strip() for name in (reader.fieldnames or [])]
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    rows = []
+    for row in reader:
+        if None in row:  # DictReader files surplus fields under the key None
+            raise CofeError(f"{path}:{reader.line_num}: row has more fields than the header ({len(header)})",
+                            hint="quote values that contain commas, or fix the header")
+        rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
     return header, rows
 
 
@@ -73,10 +78,15 @@ def _resolve(value: str, csv_folder: Path) -> Path:
     return path if path.is_absolute() else (csv_folder / path)
 
 
-def check_csv(path: Path, *, problem_type: str, channels: int | None = None) -> tuple[CsvColumns, list[dict[str, str]]]:
+def check_csv(path: Path, *, problem_type: str | None, channels: int | None = None) -> tuple[CsvColumns, list[dict[str, str]]]:
     """Check one GaNDLF CSV: required columns present, at least one row, every listed file exists."""
     header, rows = _read_csv(path)
     columns = classify_columns(header)
+    if problem_type is None:
+        problem_type = "segmentation" if columns.label and not columns.values else "classification"
+        if not columns.label and not columns.values:
+            raise CofeError(f"{path} has neither a Label nor a ValueToPredict column (header: {','.join(header) or 'empty'})",
+                            hint="segmentation CSVs need SubjectID,Channel_0,...,Label; classification/regression ones ...,ValueToPredict")
     needed = "Label" if problem_type == "segmentation" else "ValueToPredict"
     missing = []
     if columns.subject is None:
@@ -113,7 +123,7 @@ def check_csv(path: Path, *, problem_type: str, channels: int | None = None) -> 
     return columns, rows
 
 
-def check_data_folder(folder: Path, *, problem_type: str, channels: int | None = None) -> DataSummary:
+def check_data_folder(folder: Path, *, problem_type: str | None, channels: int | None = None) -> DataSummary:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise CofeError(f"data folder does not exist: {folder}", hint="give NAME=FOLDER with the site's train.csv and valid.csv")
@@ -133,7 +143,7 @@ def _subject_rank(subject: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()
 
 
-def split_csv(csv_path: Path, out_folder: Path, *, problem_type: str, channels: int | None = None,
+def split_csv(csv_path: Path, out_folder: Path, *, problem_type: str | None, channels: int | None = None,
               valid_fraction: float = 0.2, seed: int = 0) -> DataSummary:
     """Split one GaNDLF CSV by subject into train.csv/valid.csv with absolute paths."""
     csv_path = Path(csv_path).expanduser().resolve()
@@ -163,12 +173,21 @@ def split_csv(csv_path: Path, out_folder: Path, *, problem_type: str, channels: 
     return DataSummary(Path(out_folder).resolve(), len(subjects) - n_valid, n_valid, len(columns.channels))
 
 
-_SEGMENTATION_METRICS = {"dice", "dice_score", "dc", "dice_coefficient", "hd95", "hd100", "nsd", "normalized_surface_dice"}
+# GaNDLF 0.1.5's dice family and its surface_distance_ids (GANDLF/metrics/__init__.py).
+_SEGMENTATION_METRICS = {
+    "dice", "dice_score", "dc", "dice_coefficient",
+    "hd95", "hd95_per_label", "hausdorff95_per_label", "hausdorff95", "hd100", "hd100_per_label", "hausdorff",
+    "hausdorff100", "nsd", "nsd_per_label", "normalized_surface_dice", "normalized_surface_dice_per_label",
+    "normalized_sd", "normalized_sd_per_label",
+}
 _CLASSIFICATION_LAYERS = {"classification_but_not_softmax", "logits", "classification_without_softmax", "classification_with_sigmoid"}
 
 
-def problem_type_of(gandlf_config: dict) -> str:
-    """GaNDLF's own rule (GANDLF/utils/parameter_processing.py), without importing GaNDLF."""
+def problem_type_of(gandlf_config: dict) -> str | None:
+    """GaNDLF's rule (GANDLF/utils/parameter_processing.py), without importing GaNDLF.
+
+    None when only the data can tell: GaNDLF's training itself decides from the CSV's columns
+    (ValueToPredict or Label) when the final layer could serve either problem."""
     final_layer = (gandlf_config.get("model") or {}).get("final_layer")
     if final_layer is None or str(final_layer).lower() in ("regression", "none"):
         return "regression"
@@ -178,4 +197,4 @@ def problem_type_of(gandlf_config: dict) -> str:
     names = metrics if isinstance(metrics, (list, dict)) else [metrics]
     if any(isinstance(name, str) and name.lower() in _SEGMENTATION_METRICS for name in names):
         return "segmentation"
-    return "classification"
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import grpc
@@ -36,6 +37,14 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
     start_early = cofe("start", "aggregator", "--dir", fed)
     assert start_early.returncode == 2 and "cofe certify" in start_early.stderr
     cofe("certify", "--dir", fed, check=True)
+    unknown = cofe("start", "collaborator", "site_z", "--dir", fed)
+    assert unknown.returncode == 2 and "no collaborator 'site_z'" in unknown.stderr
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        busy = cofe("start", "aggregator", "--dir", fed)
+    assert busy.returncode == 2 and f"port {port} is already in use" in busy.stderr, busy.stderr
+    assert "Traceback" not in busy.stderr
 
     aggregator = cofe_background("start", "aggregator", "--dir", fed, log=tmp_path / "aggregator.out")
     wait_for_port(port)

@@ -156,8 +156,6 @@ def test_fedprox_takes_the_given_mu() -> None:
     assert plan["task_runner"]["settings"]["proximal_mu"] == 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --proximal-mu with --algorithm fedavg silently trains FedProx "
-                                       "(builder.py build_plan: `mu = options.proximal_mu if ... else default_mu`)")
 def test_proximal_mu_with_a_non_fedprox_algorithm_is_not_silently_applied() -> None:
     try:
         plan = build_plan(minimal_config(), options(algorithm="fedavg", proximal_mu=0.5))
@@ -193,8 +191,6 @@ def test_plan_hash_is_sha384_of_the_text_and_changes_with_the_plan() -> None:
     assert plan_hash(dump_yaml(build_plan(config, options(rounds=3, aggregator_port=50052)))) != plan_hash(text)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: data_loader.feature_shape is the same list object as the GaNDLF "
-                                       "config's patch_size, so plan.yaml holds a YAML anchor/alias (&id001/*id001)")
 def test_plan_yaml_has_no_anchors_or_aliases() -> None:
     text = dump_yaml(build_plan(minimal_config(), options()))
     assert "&id" not in text and "*id" not in text

@@ -176,8 +176,16 @@ def test_a_key_without_a_valid_certificate_is_refused_without_force(copy_of_cert
     assert snapshot(layout.root) == before, "a refused certify changes nothing"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (atomicity): certify_locally creates the CA and issues earlier "
-                                       "participants before it refuses a later one's stray key")
+def test_an_unreadable_key_is_refused_naming_the_participant_and_force(copy_of_certified) -> None:
+    layout, manifest = copy_of_certified
+    participant_cert_paths(layout, manifest, "hospital_b").key.write_bytes(b"garbage")
+    before = snapshot(layout.root)
+    with pytest.raises(CofeError) as refused:
+        certify_locally(layout, manifest)
+    assert snapshot(layout.root) == before
+    assert "hospital_b" in refused.value.message and "--force" in refused.value.hint
+
+
 def test_a_refused_first_certify_changes_nothing(tmp_path: Path) -> None:
     layout, manifest = make_federation(tmp_path / "fed", collaborators=("hospital_a",))
     stray = participant_cert_paths(layout, manifest, "hospital_a").key
