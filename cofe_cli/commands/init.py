@@ -17,7 +17,7 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
 from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml, plan_hash
 from cofe_cli.plan.data import check_data_folder, problem_type_of, split_csv
-from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config
+from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation
 
 DEFAULT_PORT = 50051
@@ -59,14 +59,16 @@ def _installed(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return "not installed"
+        raise CofeError(f"{package} is not installed in this Python environment",
+                        hint="install cofe with its dependencies: `pip install .` in the cofe repository") from None
 
 
 def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
     """Everything cheap is checked first; GaNDLF and OpenFL then check the staged result, and only
     a federation that passed all checks replaces what is on disk."""
     gandlf_version = _installed("gandlf")
-    gandlf_config = normalise_gandlf_config(load_gandlf_yaml(Path(request.gandlf_config)), gandlf_version=gandlf_version)
+    gandlf_config, changes = normalise_gandlf_config_with_notes(load_gandlf_yaml(Path(request.gandlf_config)),
+                                                                gandlf_version=gandlf_version)
     collaborators = parse_collaborator_args(request.collaborators)
     options = PlanOptions(
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
@@ -106,13 +108,18 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
         build_federation(stage, plan_yaml, gandlf_config, manifest, data_entries)
         with console.status("Checking with GaNDLF and OpenFL and building the initial model (first run imports torch)..."):
             from cofe_cli.engine.gandlf_validation import validate_with_gandlf
-            from cofe_cli.engine.participant import check_plan, write_initial_model
+            from cofe_cli.engine.participant import check_plan, quiet, write_initial_model
 
-            validate_with_gandlf(gandlf_config)
-            check_plan(stage.workspace(AGGREGATOR))
-            write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
+            with quiet():
+                validate_with_gandlf(gandlf_config)
+                check_plan(stage.workspace(AGGREGATOR))
+                write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
         shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
         _swap_in(stage, layout)
+        if changes:
+            console.print(f"Adapted the GaNDLF config for GaNDLF {gandlf_version} (saved as plans/gandlf_config.yaml):")
+            for change in changes:
+                console.print(f"  - {change}", markup=False)
     finally:
         shutil.rmtree(stage.root, ignore_errors=True)
     return manifest

@@ -8,6 +8,7 @@ instant and another engine could sit beside it.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
@@ -54,6 +55,18 @@ def _parse_plan(*, with_data: bool = True):
                           data_config_path=DATA.resolve() if with_data else None)
     except Exception as exc:  # OpenFL raises bare exceptions for any plan problem
         raise CofeError(f"OpenFL rejected the plan in {Path.cwd()}: {exc}", hint="re-create it with `cofe init --force`") from exc
+
+
+@contextlib.contextmanager
+def quiet():
+    """GaNDLF prints and OpenFL warns a lot while a model is built; a CLI user needs none of it."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def check_plan(workspace: Path) -> None:

@@ -53,7 +53,9 @@ class FederationProgress:
         self.round = 0
         self.rounds = manifest.rounds
         self.sites = {name: _Site() for name in (AGGREGATOR, *manifest.collaborators)}
-        self.records: list[MetricRecord] = []
+        # Keyed so that a resumed federation (whose event log holds the interrupted attempt too)
+        # reports each round's metric once: the latest value wins.
+        self._records: dict[tuple[int, str, str, str], MetricRecord] = {}
         self.round_started: dict[int, float] = {}
         self.round_ended: dict[int, float] = {}
         self.aggregator_ready: float | None = None
@@ -65,6 +67,8 @@ class FederationProgress:
         if kind == "started":
             self.round, self.rounds = event["round"], event["rounds"]
             self.aggregator_ready = when
+            for unfinished in [r for r in self.round_started if r >= self.round]:  # an interrupted attempt's
+                del self.round_started[unfinished]
             return f"aggregator ready, round {self.round + 1} of {self.rounds}" + (" (resumed)" if event.get("resumed") else "")
         if kind == "tasks":
             site = self.sites.setdefault(event["collaborator"], _Site())
@@ -77,7 +81,7 @@ class FederationProgress:
             return None
         if kind == "metric":
             record = MetricRecord(event["round"], event["collaborator"], event["task"], event["metric"], float(event["value"]))
-            self.records.append(record)
+            self._records[(record.round, record.collaborator, record.task, record.metric)] = record
             return None
         if kind == "round_end":
             self.round_ended[event["round"]] = when
@@ -87,6 +91,10 @@ class FederationProgress:
             self.round = self.rounds
             return "all rounds done"
         return None
+
+    @property
+    def records(self) -> list[MetricRecord]:
+        return list(self._records.values())
 
     def update_states(self, states) -> None:
         for name, state in states.items():
@@ -111,7 +119,8 @@ class FederationProgress:
         return ", ".join(parts) or "no metrics"
 
     def first_round_delay(self) -> float | None:
-        return self.round_started[min(self.round_started)] - self.started if self.round_started else None
+        this_run = [t for t in self.round_started.values() if t >= self.started]
+        return min(this_run) - self.started if this_run else None
 
     # -- drawing -----------------------------------------------------------------------------
     def _status(self, name: str, site: _Site) -> str:

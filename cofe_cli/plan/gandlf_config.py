@@ -201,6 +201,7 @@ def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.
             hint="write `model:` with keys such as architecture, dimension, final_layer, class_list",
         )
     _require_top_level_keys(result)
+    _metrics_as_list(result, notes)
     _normalise_architecture(model, notes)
     _normalise_dimension(model, result.get("patch_size"), notes)
     _normalise_final_layer(model, notes)
@@ -229,6 +230,13 @@ def _require_top_level_keys(cfg: dict) -> None:
     for key, example in examples.items():
         if cfg.get(key) in (None, "", [], {}):
             raise CofeError(f"the GaNDLF config has no `{key}`", hint=f"add it, e.g. `{example}`")
+
+
+def _metrics_as_list(cfg: dict, notes: list[str]) -> None:
+    # A bare string would be iterated letter by letter into metric names further down.
+    if isinstance(cfg["metrics"], str):
+        cfg["metrics"] = [cfg["metrics"]]
+        notes.append(f"metrics {cfg['metrics'][0]!r} -> {cfg['metrics']} (GaNDLF expects a list)")
 
 
 def _normalise_architecture(model: dict, notes: list[str]) -> None:
