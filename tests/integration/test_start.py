@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from cofe_cli.pki import CertificateAuthority
-from federation_helpers import SITES, cofe, cofe_background, collaborator_args, free_port, processes_using, wait_for_port
+from federation_helpers import cofe, cofe_background, free_port, processes_using, wait_for_port
 
 pytestmark = pytest.mark.federation
 
@@ -32,8 +32,9 @@ def _ping(port: int, chain: bytes, cert: bytes | None, key: bytes | None, plan, 
 def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_config):
     fed = tmp_path / "fed"
     port = free_port()
-    cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(site_data), "--rounds", 2,
-         "--port", port, check=True)
+    # site_b's data is named only at the site, when it starts (a coordinator never sees it).
+    cofe("init", "--dir", fed, "--gandlf-config", fast_config, "--collaborator", f"site_a={site_data['site_a']}",
+         "--collaborator", "site_b", "--rounds", 2, "--port", port, check=True)
     start_early = cofe("start", "aggregator", "--dir", fed)
     assert start_early.returncode == 2 and "cofe certify" in start_early.stderr
     cofe("certify", "--dir", fed, check=True)
@@ -62,8 +63,12 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
     assert _ping(port, chain, None, None, plan, "site_a") == grpc.StatusCode.UNAVAILABLE
     assert _ping(port, chain, stranger.cert_pem, stranger.key_pem, plan, "site_a") == grpc.StatusCode.UNAVAILABLE
 
-    collaborators = [cofe_background("start", "collaborator", name, "--dir", fed, log=tmp_path / f"{name}.out")
-                     for name in SITES]
+    no_data = cofe("start", "collaborator", "site_b", "--dir", fed)
+    assert no_data.returncode == 2 and "--data" in no_data.stderr
+    collaborators = [
+        cofe_background("start", "collaborator", "site_a", "--dir", fed, log=tmp_path / "site_a.out"),
+        cofe_background("start", "collaborator", "site_b", "--dir", fed, "--data", site_data["site_b"], log=tmp_path / "site_b.out"),
+    ]
     deadline = time.monotonic() + 900
     for proc in [aggregator, *collaborators]:
         proc.wait(timeout=max(1, deadline - time.monotonic()))
