@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cofe_cli import __version__
-from cofe_cli.commands import certify, demo, init, run, start
+from cofe_cli.commands import certify, demo, image, init, run, start
 from cofe_cli.console import err_console, print_error
 from cofe_cli.errors import CofeError, FederationFailed
 
@@ -39,6 +39,7 @@ app.add_typer(certify.app, name="certify")
 app.add_typer(start.app, name="start")
 app.command("run")(run.run)
 app.command("demo")(demo.demo)
+app.add_typer(image.app, name="image")
 
 
 def main(argv: list[str] | None = None) -> None:

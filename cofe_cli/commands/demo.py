@@ -14,9 +14,10 @@ from cofe_cli.fsutil import atomic_write_text
 from cofe_cli.plan.builder import dump_yaml
 
 from cofe_cli.commands.init import InitRequest
-from cofe_cli.commands.run import prepare, run_federation
+from cofe_cli.commands.run import ContainerOptions, prepare, run_federation
 
 DEMO_SITES = ("hospital_a", "hospital_b", "hospital_c")
+CONTAINER_AGGREGATOR = "cofe-aggregator"
 
 
 def free_port() -> int:
@@ -31,6 +32,8 @@ def demo(
     rounds: int = typer.Option(3, "--rounds", "-r", min=1, help="Federated rounds."),
     force: bool = typer.Option(False, "--force", help="Start over if the demo folder already holds a federation."),
     timeout: float = typer.Option(None, "--timeout", help="Stop everything if not done after this many seconds."),
+    containers: bool = typer.Option(False, "--containers", help="Every participant in a container of cofe's image (see `cofe image build`)."),
+    image: str = typer.Option(None, "--image", help="With --containers: the image (default: cofe:VERSION)."),
 ) -> None:
     """Generate a small synthetic brain-lesion dataset at several 'hospitals' and federate on it."""
     from cofe_cli.demo.synthetic import demo_gandlf_config, make_demo_federation_data
@@ -45,10 +48,13 @@ def demo(
     config_path = root / "gandlf_config.yaml"
     atomic_write_text(config_path, dump_yaml(demo_gandlf_config()))
     console.print(f"Data for {', '.join(names)} in {root / 'data'}; GaNDLF config {config_path}")
+    # In containers the collaborators dial the aggregator's container by this name (also its certificate's).
     request = InitRequest(gandlf_config=config_path, collaborators=[f"{n}={folders[n]}" for n in names],
-                          rounds=rounds, port=free_port(), force=force, name="cofe-demo")
+                          rounds=rounds, port=free_port(), force=force, name="cofe-demo",
+                          aggregator_address=CONTAINER_AGGREGATOR if containers else "localhost")
     if force and layout.is_initialised():
         from cofe_cli.commands.init import initialise, report_initialised
 
         report_initialised(layout, initialise(layout, request), next_steps=False)
-    run_federation(layout, prepare(layout, request), restart=True, timeout=timeout)
+    run_federation(layout, prepare(layout, request), restart=True, timeout=timeout,
+                   containers=ContainerOptions(image=image) if containers else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -34,9 +35,16 @@ def prepare(layout: FederationLayout, request: InitRequest | None) -> Manifest:
     return manifest
 
 
-def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None):
-    from cofe_cli.engine.participant import check_port_free
-    from cofe_cli.launch.processes import ProcessFederation
+@dataclass(frozen=True)
+class ContainerOptions:
+    """`--containers`: every participant in a container of `image` (None: cofe:VERSION)."""
+
+    image: str | None = None
+    gpus: str | None = None
+
+
+def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None,
+                   containers: ContainerOptions | None = None):
     from cofe_cli.launch.report import summary_table, write_results
     from cofe_cli.launch.supervisor import supervise
 
@@ -48,11 +56,22 @@ def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: boo
         clear_aggregator_state(layout)
     for name in manifest.collaborators:
         prepare_collaborator_data(layout, name, None)
-    check_port_free(manifest.aggregator_port)
+    if containers:
+        from cofe_cli.launch.containers import ContainerFederation, network_name
+        from cofe_cli.launch.docker_engine import DEFAULT_IMAGE
 
-    launcher = ProcessFederation(layout, manifest)
-    console.print(f"Starting the aggregator and {len(manifest.collaborators)} collaborator(s) as separate processes "
-                  f"(gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port})...")
+        image = containers.image or DEFAULT_IMAGE
+        launcher = ContainerFederation(layout, manifest, image=image, gpus=containers.gpus)
+        console.print(f"Starting the aggregator and {len(manifest.collaborators)} collaborator(s) in containers of {image} "
+                      f"on network {network_name(layout)} (gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port})...")
+    else:
+        from cofe_cli.engine.participant import check_port_free
+        from cofe_cli.launch.processes import ProcessFederation
+
+        check_port_free(manifest.aggregator_port)
+        launcher = ProcessFederation(layout, manifest)
+        console.print(f"Starting the aggregator and {len(manifest.collaborators)} collaborator(s) as separate processes "
+                      f"(gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port})...")
     started = time.monotonic()
     progress = supervise(launcher, layout, manifest, console=console, timeout=timeout)
     results = write_results(layout, progress)
@@ -71,12 +90,21 @@ def run(
     rounds: int = typer.Option(3, "--rounds", "-r", help="As for `cofe init`."),
     port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="As for `cofe init`."),
     algorithm: str = typer.Option("fedavg", "--algorithm", help=f"As for `cofe init`: {', '.join(ALGORITHMS)}."),
+    aggregator_address: str = typer.Option(None, "--aggregator-address", help="As for `cofe init` (default: localhost, or aggregator with --containers)."),
+    containers: bool = typer.Option(False, "--containers", help="Every participant in a container of cofe's image, on one bridge network."),
+    image: str = typer.Option(None, "--image", help="With --containers: the image (default: cofe:VERSION, see `cofe image build`)."),
+    gpus: str = typer.Option(None, "--gpus", help="With --containers: GPUs for the collaborators (all, a count, or device=0,1)."),
 ) -> None:
-    """Run the whole federation here: aggregator and collaborators as separate processes, live progress, a report."""
+    """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     layout = FederationLayout(dir)
     request = None
     if gandlf_config or collaborator:
         if not (gandlf_config and collaborator):
             raise CofeError("--gandlf-config and --collaborator go together", hint="give both, or neither to use an existing federation")
-        request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port, algorithm=algorithm)
-    run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout)
+        address = aggregator_address or ("aggregator" if containers else "localhost")
+        request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port,
+                              algorithm=algorithm, aggregator_address=address)
+    if (image or gpus) and not containers:
+        raise CofeError("--image and --gpus go with --containers", hint="add --containers, or leave them out")
+    run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout,
+                   containers=ContainerOptions(image=image, gpus=gpus) if containers else None)

@@ -7,13 +7,14 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import typer
 
 from cofe_cli.console import console, print_error
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.pki.workspace_certs import require_certificates
 from cofe_cli.plan.data import check_data_folder, problem_type_of
 from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder, set_collaborator_data
@@ -21,6 +22,8 @@ from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder, set_
 app = typer.Typer(help="Run one participant of a federation (aggregator or collaborator).", no_args_is_help=True)
 
 _DIR = typer.Option(Path("."), "--dir", "-d", help="Federation (or site) directory.")
+_CONTAINER = typer.Option(False, "--container", help="Run it in a container of cofe's image (see `cofe image build`).")
+_IMAGE = typer.Option(None, "--image", help="With --container: the image to run (default: cofe:VERSION).")
 # State an aggregator keeps between starts; cleared by --restart.
 AGGREGATOR_STATE = ("local_state", "save/best.pbuf", "save/last.pbuf", "save/best.pt", "save/last.pt", "logs/events.jsonl")
 
@@ -40,6 +43,8 @@ def clear_aggregator_state(layout: FederationLayout) -> None:
 def aggregator(
     dir: Path = _DIR,
     restart: bool = typer.Option(False, "--restart", help="Discard the aggregator's saved state and train from round 0."),
+    container: bool = _CONTAINER,
+    image: str = _IMAGE,
 ) -> None:
     """Serve the federation's aggregator (gRPC, mutual TLS) until the last round is done."""
     layout = FederationLayout(dir)
@@ -47,6 +52,8 @@ def aggregator(
     require_certificates(layout, manifest, AGGREGATOR)
     if restart:
         clear_aggregator_state(layout)
+    if container:
+        _run_in_container(layout, manifest, AGGREGATOR, image=image)
     _run_participant(layout.workspace(AGGREGATOR), AGGREGATOR, lambda engine, ws: engine.serve_aggregator(ws))
 
 
@@ -55,14 +62,22 @@ def collaborator(
     name: str = typer.Argument(..., help="The collaborator's name in the plan."),
     dir: Path = _DIR,
     data: Path = typer.Option(None, "--data", help="Folder with this site's GaNDLF train.csv and valid.csv (kept for later starts)."),
+    device: str = typer.Option(None, "--device", help="Train on this device (cpu, cuda, cuda:1) instead of the plan's; the plan itself is unchanged."),
+    container: bool = _CONTAINER,
+    image: str = _IMAGE,
+    gpus: str = typer.Option(None, "--gpus", help="With --container: GPUs to pass through (all, a count, or device=0,1); trains on cuda."),
 ) -> None:
     """Train and validate this site's data for the federation."""
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     manifest.require_collaborator(name)
     require_certificates(layout, manifest, name)
+    if gpus and not container:
+        raise CofeError("--gpus goes with --container", hint="outside a container pass --device cuda to train on this machine's GPU")
     prepare_collaborator_data(layout, name, data)
-    _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name))
+    if container:
+        _run_in_container(layout, manifest, name, image=image, gpus=gpus, device=device)
+    _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name, device=device))
 
 
 def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | None) -> None:
@@ -76,6 +91,32 @@ def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | 
                       channels=(gandlf_config.get("model") or {}).get("num_channels"))
     if data:
         set_collaborator_data(layout, name, folder)
+
+
+def _run_in_container(layout: FederationLayout, manifest: Manifest, participant: str, *, image: str | None,
+                      gpus: str | None = None, device: str | None = None) -> None:
+    """One participant in a container; its output shows here, Ctrl-C stops and removes it."""
+    from cofe_cli.launch.containers import ContainerFederation
+    from cofe_cli.launch.docker_engine import DEFAULT_IMAGE
+
+    image = image or DEFAULT_IMAGE
+    launcher = ContainerFederation(layout, manifest, image=image, participants=[participant], gpus=gpus, device=device,
+                                   publish_port=participant == AGGREGATOR, echo=True)
+    where = f", port {manifest.aggregator_port} published on this host" if participant == AGGREGATOR else ""
+    console.print(f"Starting {participant} in a container of {image}{where}...")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    code = 130
+    try:
+        launcher.start()
+        while (code := launcher.states()[participant].returncode) is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        launcher.stop()
+        print_error(f"{participant} stopped before the federation finished")
+        code = 130
+    finally:
+        launcher.stop()
+    sys.exit(code)  # the container already said how it ended
 
 
 def _raise_interrupt(signum, frame):

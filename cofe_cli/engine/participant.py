@@ -135,11 +135,16 @@ def export_native_models(plan) -> None:
             task_runner.save_native(str(state.with_suffix(".pt")))
 
 
-def run_collaborator(workspace: Path, name: str) -> None:
+def run_collaborator(workspace: Path, name: str, device: str | None = None) -> None:
     with _in_directory(workspace):
         plan = _parse_plan()
         if name not in plan.cols_data_paths:
             raise CofeError(f"no data path for {name} in {DATA}", hint=f"start it with `cofe start collaborator {name} --data PATH`")
+        if device:
+            # A site's own hardware, not the federation's: applied after parsing, which has already fixed
+            # the federation's identity from the plan's hash, so plan.yaml stays as every party has it.
+            plan.config["task_runner"]["settings"]["device"] = device
+            logger.info("training on %s (this site's --device)", device)
         plan.get_collaborator(name).run()
 
 
