@@ -45,6 +45,23 @@ def tail_lines(path: Path, lines: int) -> list[str]:
         return []
 
 
+# Measured here: a GaNDLF collaborator peaks at ~2.0 GiB with tiny models, the aggregator at ~1.8 GiB
+# while it exports the final models; bigger models need more (OpenFL's notes: ~3.5 GiB each).
+COLLABORATOR_GIB = 2.1
+AGGREGATOR_GIB = 1.8
+
+
+def warn_if_memory_short(collaborators: int, console: Console) -> None:
+    import psutil
+
+    needed = collaborators * COLLABORATOR_GIB + AGGREGATOR_GIB
+    available = psutil.virtual_memory().available / 2**30
+    if needed > available:
+        console.print(f"[yellow]warning:[/] {collaborators} collaborators need about {needed:.0f} GiB here, "
+                      f"but only {available:.0f} GiB is free; processes may be killed for memory "
+                      "(hint: simulate fewer sites per machine, or use a smaller model)")
+
+
 def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, *, console: Console,
               timeout: float | None = None, poll_interval: float = 0.5) -> FederationProgress:
     """Run until every participant exited 0; on any failure, timeout or Ctrl-C stop them all."""
@@ -52,6 +69,7 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
     events = EventTail(layout.workspace(AGGREGATOR) / "logs" / "events.jsonl")
     deadline = time.monotonic() + timeout if timeout else None
     live = Live(progress, console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
+    warn_if_memory_short(len(manifest.collaborators), console)
     launcher.start()
     try:
         if live:
