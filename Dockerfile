@@ -14,6 +14,12 @@ FROM ${BASE_IMAGE}
 # and pip is told to use that store instead of its own bundle.
 COPY docker/extra-ca/ /usr/local/share/ca-certificates/cofe-extra/
 RUN update-ca-certificates >/dev/null
+
+# OpenCV's wheel (through GaNDLF) links libGL, GLib and X11 even without a display.
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        libgl1 libglib2.0-0 libsm6 libice6 libxext6 libx11-6 libxcb1 >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

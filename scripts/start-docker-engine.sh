@@ -2,7 +2,8 @@
 # Starts a Docker engine of its own for cofe's container tests and makes a local base image,
 # on a Debian machine where no daemon runs and no image registry is reachable (CI, a sandbox).
 #
-#   eval "$(scripts/start-docker-engine.sh)"   # exports DOCKER_HOST and COFE_TEST_BASE_IMAGE
+#   eval "$(scripts/start-docker-engine.sh)"   # exports DOCKER_HOST, COFE_TEST_BASE_IMAGE, COFE_ENGINE_DIR,
+#                                               # and COFE_ENGINE_STARTED=1 when it started the daemon
 #
 # Progress goes to stderr; stdout carries only the export lines. Run as root. Idempotent: an
 # engine already answering on the socket is reused, and an existing base image is kept.
@@ -29,6 +30,7 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
 fi
 
 mkdir -p "$ENGINE_DIR"
+started=0
 if engine version >/dev/null 2>&1; then
     say "reusing the engine already answering on $SOCKET"
 else
@@ -41,6 +43,7 @@ else
         engine version >/dev/null 2>&1 && break
         sleep 0.5
     done
+    started=1
     engine version >/dev/null 2>&1 || { say "dockerd did not answer; its log:"; tail -n 30 "$ENGINE_DIR/dockerd.log" >&2; exit 1; }
 fi
 
@@ -58,3 +61,5 @@ fi
 
 echo "export DOCKER_HOST=$SOCKET"
 echo "export COFE_TEST_BASE_IMAGE=$BASE_IMAGE"
+echo "export COFE_ENGINE_DIR=$ENGINE_DIR"
+echo "export COFE_ENGINE_STARTED=$started"

@@ -22,6 +22,7 @@ def build(
     extra_ca_bundle: Path = typer.Option(None, "--extra-ca-bundle", help="PEM file of extra CA certificates to trust while building and running (a TLS-intercepting proxy's)."),
     tag: str = typer.Option(None, "--tag", "-t", help="Image name (default: cofe:VERSION, what --container runs)."),
     source: Path = typer.Option(None, "--source", help="cofe's source tree with the Dockerfile (default: the clone this cofe runs from)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every layer (downloads the dependencies again)."),
 ) -> None:
     """Build the image from the repository's Dockerfile: cofe, OpenFL, GaNDLF and torch (~3.5 GB of downloads the first time)."""
     from cofe_cli.launch.docker_engine import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE, build_failure, build_image, connect, find_source_tree
@@ -40,7 +41,8 @@ def build(
                 status.update(line[:120])
         try:
             built = build_image(client, source=root, tag=tag, base_image=base_image,
-                                extra_ca_bundle=extra_ca_bundle.expanduser() if extra_ca_bundle else None, on_line=show)
+                                extra_ca_bundle=extra_ca_bundle.expanduser() if extra_ca_bundle else None,
+                                no_cache=no_cache, on_line=show)
         except CofeError:
             raise
         except Exception as exc:

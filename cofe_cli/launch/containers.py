@@ -231,6 +231,28 @@ def grant_to(workspace: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
 
 
+def open_to_others(folder: Path) -> None:
+    """The plans are the same for every party and hold no secret: let the image's user read them."""
+    for directory, _, files in os.walk(folder):
+        os.chmod(directory, os.stat(directory).st_mode | 0o005)
+        for name in files:
+            path = os.path.join(directory, name)
+            os.chmod(path, os.stat(path).st_mode | 0o004)
+
+
+def check_readable_by(mounts: list[Mount], uid: int, gid: int) -> None:
+    """A data folder the image's user cannot open would fail deep inside GaNDLF; say it here instead."""
+    for mount in mounts:
+        if not mount.read_only:
+            continue
+        info = os.stat(mount.source)
+        bits = 0o5 if info.st_uid != uid and info.st_gid != gid else (0o500 if info.st_uid == uid else 0o050)
+        if info.st_mode & bits != bits:
+            raise CofeError(f"the containers' user (uid {uid}) cannot read {mount.source}",
+                            hint=f"let others read it (`chmod -R o+rX {mount.source}`), or run cofe as a non-root user "
+                                 "who can read it (the container then runs as that user)")
+
+
 # --- the launcher ---------------------------------------------------------------------------------
 
 @dataclass
@@ -321,8 +343,12 @@ class ContainerFederation:
         if os.getuid() == 0:
             grant_to(workspace, self._image_uid, self._image_gid)
         data = collaborator_data_folder(self.layout, name) if name != AGGREGATOR else None
+        planned = participant_mounts(self.layout, name, data)
+        if os.getuid() == 0:
+            open_to_others(self.layout.plans)
+            check_readable_by([m for m in planned if m.source != self.layout.plans], self._image_uid, self._image_gid)
         mounts = [docker.types.Mount(target=str(m.target), source=str(m.source), type="bind", read_only=m.read_only)
-                  for m in participant_mounts(self.layout, name, data)]
+                  for m in planned]
         container_id = container_name(self.layout, name)
         self._remove_stale(container_id)
         port = self.manifest.aggregator_port

@@ -147,7 +147,7 @@ class BuiltImage:
     seconds: float
 
 
-def build_image(client, *, source: Path, tag: str, base_image: str, extra_ca_bundle: Path | None,
+def build_image(client, *, source: Path, tag: str, base_image: str, extra_ca_bundle: Path | None, no_cache: bool = False,
                 on_line: Callable[[str], None] = lambda line: None) -> BuiltImage:
     """Build with the classic builder (what the Docker API's build endpoint runs), streaming its log."""
     started = time.monotonic()
@@ -156,7 +156,7 @@ def build_image(client, *, source: Path, tag: str, base_image: str, extra_ca_bun
     image_id = None
     try:
         stream = client.api.build(fileobj=context, custom_context=True, tag=tag, buildargs={"BASE_IMAGE": base_image},
-                                  rm=True, forcerm=True, decode=True, pull=False)
+                                  rm=True, forcerm=True, decode=True, pull=False, nocache=no_cache)
         for chunk in stream:
             if "error" in chunk:
                 log.append(str(chunk["error"]).rstrip())

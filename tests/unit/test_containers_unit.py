@@ -189,3 +189,27 @@ def test_the_dockerfile_builds_with_the_classic_builder():
     assert "ARG BASE_IMAGE=python:3.11-slim" in text and "FROM ${BASE_IMAGE}" in text
     assert "--mount=" not in text and "# syntax=" not in text and "--secret" not in text  # BuildKit-only
     assert "USER 10001" in text and 'ENTRYPOINT ["cofe"]' in text
+
+
+def test_data_the_containers_user_cannot_read_is_refused_before_starting(tmp_path):
+    closed, open_ = tmp_path / "closed", tmp_path / "open"
+    closed.mkdir(mode=0o700)
+    open_.mkdir(mode=0o755)
+    os.chmod(closed, 0o700)
+    os.chmod(open_, 0o755)
+    stranger = os.getuid() + 10001  # neither the owner nor in the group
+    containers.check_readable_by([Mount(open_, open_, True), Mount(closed, closed, False)], stranger, stranger)
+    with pytest.raises(CofeError, match=f"uid {stranger}") as refused:
+        containers.check_readable_by([Mount(closed, closed, True)], stranger, stranger)
+    assert "chmod -R o+rX" in refused.value.hint
+    containers.check_readable_by([Mount(closed, closed, True)], os.stat(closed).st_uid, stranger)  # its owner can
+
+
+def test_plans_are_opened_to_the_containers_user(tmp_path):
+    plans = tmp_path / "plans"
+    plans.mkdir(mode=0o700)
+    os.chmod(plans, 0o700)
+    (plans / "plan.yaml").write_text("x")
+    os.chmod(plans / "plan.yaml", 0o600)
+    containers.open_to_others(plans)
+    assert os.stat(plans).st_mode & 0o005 == 0o005 and os.stat(plans / "plan.yaml").st_mode & 0o004
