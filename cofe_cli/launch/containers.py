@@ -310,19 +310,29 @@ class ContainerFederation:
             raise
 
     def _ensure_network(self):
+        """The federation's network, shared by every `cofe start --container` of it on this engine."""
         import docker
 
         name = network_name(self.layout)
-        existing = self.client.networks.list(names=[name])
-        for network in existing:
-            if network.name == name:
-                return network
-        try:
-            return self.client.networks.create(name, driver="bridge", labels=labels(self.layout), check_duplicate=True)
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # another terminal's `cofe start --container` made it first
-                return self.client.networks.get(name)
-            raise
+        mine = None
+        if not self._networks_named(name):
+            try:
+                mine = self.client.networks.create(name, driver="bridge", labels=labels(self.layout), check_duplicate=True)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: another terminal's participant made it first
+                    raise
+        # Terminals starting at the same instant can each create one (the engine's duplicate check is
+        # not atomic): all agree on the oldest, and a loser removes its own.
+        chosen = min(self._networks_named(name), key=lambda n: (n.attrs.get("Created", ""), n.id))
+        if mine is not None and mine.id != chosen.id:
+            try:
+                mine.remove()
+            except docker.errors.APIError:
+                pass
+        return chosen
+
+    def _networks_named(self, name: str) -> list:
+        return [n for n in self.client.networks.list(names=[name]) if n.name == name]
 
     def _user(self) -> str | None:
         uid = os.getuid()
@@ -355,14 +365,14 @@ class ContainerFederation:
         publish = name == AGGREGATOR and self.publish_port
         api = self.client.api
         host_config = api.create_host_config(
-            mounts=mounts, network_mode=self._network.name, init=True,
+            mounts=mounts, network_mode=self._network.id, init=True,
             port_bindings={port: port} if publish else None,
             device_requests=[docker.types.DeviceRequest(**self.gpus)] if self.gpus and name != AGGREGATOR else None,
             # Rootless Podman maps the host user to root inside unless told to keep it.
             userns_mode="keep-id" if self._podman and os.getuid() != 0 else None,
         )
         aliases = aggregator_aliases(self.manifest.aggregator_address) if name == AGGREGATOR else []
-        networking = api.create_networking_config({self._network.name: api.create_endpoint_config(aliases=aliases or None)})
+        networking = api.create_networking_config({self._network.id: api.create_endpoint_config(aliases=aliases or None)})
         environment = {"COFE_LOG_CAPTURED": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self._threads(name))}
         try:
             created = api.create_container(
