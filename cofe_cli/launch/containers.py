@@ -293,7 +293,6 @@ class ContainerFederation:
         self._podman = is_podman(self.client)
         self._network = None
         self._containers: dict[str, _Container] = {}
-        self._stopped = False
 
     def participants(self) -> list[str]:
         return list(self._participants)
@@ -376,7 +375,8 @@ class ContainerFederation:
         environment = {"COFE_LOG_CAPTURED": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self._threads(name))}
         try:
             created = api.create_container(
-                image=self._image.id, command=participant_command(self.layout, name, restart=self.restart, device=self.device), name=container_id, hostname=name,
+                image=self._image.id, name=container_id, hostname=name,
+                command=participant_command(self.layout, name, restart=self.restart, device=self.device),
                 labels=labels(self.layout, name), user=self._user(), environment=environment, detach=True,
                 ports=[port] if publish else None, host_config=host_config, networking_config=networking)
         except docker.errors.APIError as exc:
@@ -497,7 +497,6 @@ class ContainerFederation:
             except docker.errors.APIError:
                 pass
         self._remove_network()
-        self._stopped = True
 
     def _remove_network(self) -> None:
         import docker
