@@ -114,10 +114,20 @@ def serve_aggregator(workspace: Path) -> None:
                             hint="its models are in workspaces/aggregator/save; `--restart` trains again from round 0")
         if aggregator.round_number:
             logger.info("resuming at round %d of %d", aggregator.round_number + 1, aggregator.rounds_to_train)
-        plan.get_server().serve()
+        _revocation_checking_server(plan).serve()
         if not aggregator.is_finished():
             raise RuntimeError("the aggregator stopped before the last round")
         export_native_models(plan)
+
+
+def _revocation_checking_server(plan):
+    from cofe_cli.engine.openfl_server import RevocationCheckingServer, RevokedCertificates
+
+    server_args = plan.get_server_args(None, None, None, {})
+    server_args["aggregator"] = plan.get_aggregator()
+    revoked = RevokedCertificates(Path("cert/crl.pem"), Path(server_args["root_certificate"]))
+    plan.server_ = RevocationCheckingServer(revoked=revoked, **server_args)  # get_server() builds no other
+    return plan.get_server()
 
 
 def export_native_models(plan) -> None:
