@@ -38,7 +38,7 @@ def sites(tmp_path_factory) -> dict[str, Path]:
     return make_demo_federation_data(root, ["hospital_a", "hospital_b", "hospital_c"], n_train=3, n_valid=2, shape=SHAPE)
 
 
-def test_one_folder_per_site(sites, tmp_path_factory):
+def test_one_folder_per_site(sites):
     assert list(sites) == ["hospital_a", "hospital_b", "hospital_c"]
     assert all(folder.is_dir() and folder.name == name for name, folder in sites.items())
 
