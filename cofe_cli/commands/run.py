@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ class ContainerOptions:
     gpus: str | None = None
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None,
                    containers: ContainerOptions | None = None):
     from cofe_cli.launch.report import summary_table, write_results
@@ -62,6 +67,9 @@ def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: boo
 
         image = containers.image or DEFAULT_IMAGE
         launcher = ContainerFederation(layout, manifest, image=image, gpus=containers.gpus)
+        # Containers do not die with this process as child processes do: a `kill` of `cofe run` must
+        # stop and remove them like a Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
         console.print(f"Starting the aggregator and {len(manifest.collaborators)} collaborator(s) in containers of {image} "
                       f"on network {network_name(layout)} (gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port})...")
     else:

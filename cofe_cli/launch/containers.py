@@ -20,7 +20,9 @@ the federation's path>, and is removed when the run ends, fails or is interrupte
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import ipaddress
@@ -301,34 +303,33 @@ class ContainerFederation:
 
     def start(self) -> None:
         try:
-            self._network = self._ensure_network()
-            for name in self._participants:
-                self._start_one(name)
+            with self._federation_lock():
+                self._network = self._ensure_network()
+                for name in self._participants:
+                    self._start_one(name)
         except BaseException:
             self.stop(grace=5)
             raise
 
+    @contextlib.contextmanager
+    def _federation_lock(self):
+        """Serialises, across the terminals of one federation on this host, making the network, joining
+        it and removing it: the engine's duplicate-name check is not atomic, and an empty network
+        (joined only when a container starts) could be removed under a participant about to join it."""
+        handle = os.open(self.layout.plans, os.O_RDONLY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)  # releases the lock
+
     def _ensure_network(self):
         """The federation's network, shared by every `cofe start --container` of it on this engine."""
-        import docker
-
         name = network_name(self.layout)
-        mine = None
-        if not self._networks_named(name):
-            try:
-                mine = self.client.networks.create(name, driver="bridge", labels=labels(self.layout), check_duplicate=True)
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: another terminal's participant made it first
-                    raise
-        # Terminals starting at the same instant can each create one (the engine's duplicate check is
-        # not atomic): all agree on the oldest, and a loser removes its own.
-        chosen = min(self._networks_named(name), key=lambda n: (n.attrs.get("Created", ""), n.id))
-        if mine is not None and mine.id != chosen.id:
-            try:
-                mine.remove()
-            except docker.errors.APIError:
-                pass
-        return chosen
+        existing = self._networks_named(name)
+        if existing:
+            return min(existing, key=lambda n: (n.attrs.get("Created", ""), n.id))
+        return self.client.networks.create(name, driver="bridge", labels=labels(self.layout), check_duplicate=True)
 
     def _networks_named(self, name: str) -> list:
         return [n for n in self.client.networks.list(names=[name]) if n.name == name]
@@ -503,9 +504,10 @@ class ContainerFederation:
 
         if self._network is None:
             return
-        try:
-            self._network.remove()
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError:
-            pass  # another terminal's participant is still on it; the last one out removes it
+        with self._federation_lock():
+            try:
+                self._network.remove()
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError:
+                pass  # another terminal's participant is still on it; the last one out removes it

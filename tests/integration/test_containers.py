@@ -31,6 +31,18 @@ def leftovers(engine, fed: Path) -> dict[str, list[str]]:
 NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
 
 
+def stop_all(processes) -> None:
+    """A failed test must not leave participants behind: SIGTERM is their Ctrl-C (containers removed)."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout=60)
+        except Exception:
+            proc.kill()
+
+
 def volume_count(engine) -> int:
     return len(engine.volumes.list())
 
@@ -76,9 +88,12 @@ def test_start_container_per_participant_finishes(tmp_path, site_data, fast_conf
                                  log=tmp_path / "aggregator.out")
     collaborators = [cofe_background("start", "collaborator", site, "--dir", fed, "--container", "--image", container_image,
                                      log=tmp_path / f"{site}.out") for site in SITES]
-    deadline = time.monotonic() + 900
-    for proc in [aggregator, *collaborators]:
-        proc.wait(timeout=max(1, deadline - time.monotonic()))
+    try:
+        deadline = time.monotonic() + 900
+        for proc in [aggregator, *collaborators]:
+            proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        stop_all([aggregator, *collaborators])
     logs = {p.name: p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("*.out")}
     assert aggregator.returncode == 0, logs
     assert all(proc.returncode == 0 for proc in collaborators), logs
@@ -94,16 +109,42 @@ def test_a_collaborator_dying_mid_run_stops_the_others(tmp_path, site_data, fast
                           log=tmp_path / "run.out")
     events = fed / "workspaces" / "aggregator" / "logs" / "events.jsonl"
     victim = container_name(FederationLayout(fed), "site_b")
-    deadline = time.monotonic() + 600
-    # Mid-run: the federation has started its first round and handed out tasks.
-    while not (events.is_file() and '"event": "tasks"' in events.read_text()):
-        assert run.poll() is None, (tmp_path / "run.out").read_text(errors="replace")[-4000:]
-        assert time.monotonic() < deadline, "the federation never started a round"
-        time.sleep(1)
-    container_engine.containers.get(victim).kill()
-    run.wait(timeout=120)
+    try:
+        deadline = time.monotonic() + 600
+        # Mid-run: the federation has started its first round and handed out tasks.
+        while not (events.is_file() and '"event": "tasks"' in events.read_text()):
+            assert run.poll() is None, (tmp_path / "run.out").read_text(errors="replace")[-4000:]
+            assert time.monotonic() < deadline, "the federation never started a round"
+            time.sleep(1)
+        container_engine.containers.get(victim).kill()
+        run.wait(timeout=120)
+    finally:
+        stop_all([run])
     output = (tmp_path / "run.out").read_text(errors="replace")
     assert run.returncode == 1, output[-4000:]
     assert "site_b exited with code 137" in output
     assert "last log lines of site_b" in output
+    assert leftovers(container_engine, fed) == NOTHING_LEFT
+
+
+def test_ctrl_c_stops_and_removes_every_container(tmp_path, site_data, fast_config, container_engine, container_image):
+    import signal
+
+    fed = tmp_path / "fed"
+    run = cofe_background("run", "--dir", fed, "--containers", "--image", container_image, "--gandlf-config", fast_config,
+                          *collaborator_args(site_data), "--rounds", 2, "--port", free_port(), "--timeout", 900,
+                          log=tmp_path / "run.out")
+    try:
+        deadline = time.monotonic() + 600
+        while not leftovers(container_engine, fed)["containers"] or not (fed / "workspaces" / "aggregator" / "logs" / "events.jsonl").is_file():
+            assert run.poll() is None, (tmp_path / "run.out").read_text(errors="replace")[-4000:]
+            assert time.monotonic() < deadline, "the federation never started"
+            time.sleep(1)
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=120)
+    finally:
+        stop_all([run])
+    output = (tmp_path / "run.out").read_text(errors="replace")
+    assert run.returncode == 130, output[-4000:]
+    assert "interrupted: every participant was stopped" in output
     assert leftovers(container_engine, fed) == NOTHING_LEFT
