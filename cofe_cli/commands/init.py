@@ -34,6 +34,7 @@ class InitRequest:
     proximal_mu: float | None = None
     device: str = "cpu"
     epochs_per_round: int = 1
+    validation_norm: str = "input"
     valid_fraction: float = 0.2
     force: bool = False
     name: str | None = None
@@ -73,7 +74,7 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
     options = PlanOptions(
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, proximal_mu=request.proximal_mu, device=request.device,
-        epochs_per_round=request.epochs_per_round,
+        epochs_per_round=request.epochs_per_round, instance_norm_statistics=request.validation_norm,
     )
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:
@@ -147,6 +148,7 @@ def init(
     proximal_mu: float = typer.Option(None, "--proximal-mu", help="FedProx mu (default 0.01 with --algorithm fedprox)."),
     device: str = typer.Option("cpu", "--device", help="Training device in the plan: cpu or cuda."),
     epochs_per_round: int = typer.Option(1, "--epochs-per-round", help="Local epochs each round."),
+    validation_norm: str = typer.Option("input", "--validation-norm", help="Instance-norm statistics when validating: input (each volume's own) or running (GaNDLF's averages; unreliable across sites)."),
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Validation share when a site gives a single CSV."),
     force: bool = typer.Option(False, "--force", help="Replace an existing plan and workspaces (the CA is kept)."),
 ) -> None:
@@ -155,7 +157,7 @@ def init(
     manifest = initialise(layout, InitRequest(
         gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, aggregator_address=aggregator_address,
         port=port, algorithm=algorithm, proximal_mu=proximal_mu, device=device, epochs_per_round=epochs_per_round,
-        valid_fraction=valid_fraction, force=force,
+        validation_norm=validation_norm, valid_fraction=valid_fraction, force=force,
     ))
     report_initialised(layout, manifest)
 

@@ -36,6 +36,7 @@ class PlanOptions:
     proximal_mu: float | None = None
     device: str = "cpu"
     epochs_per_round: int = 1
+    instance_norm_statistics: str = "input"  # see engine/openfl_task_runner.py
 
 
 def check_plan_options(options: PlanOptions) -> None:
@@ -50,6 +51,9 @@ def check_plan_options(options: PlanOptions) -> None:
                         hint="add --algorithm fedprox, or drop --proximal-mu")
     if options.proximal_mu is not None and options.proximal_mu < 0:
         raise CofeError(f"--proximal-mu must not be negative, got {options.proximal_mu}", hint="e.g. --proximal-mu 0.01")
+    if options.instance_norm_statistics not in ("input", "running"):
+        raise CofeError(f"--validation-norm must be input or running, not {options.instance_norm_statistics!r}",
+                        hint="input: each volume's own statistics (cofe's default); running: GaNDLF's running averages")
     if options.epochs_per_round < 1:
         raise CofeError("--epochs-per-round must be at least 1", hint="e.g. --epochs-per-round 1")
     if not options.aggregator_address or any(c.isspace() for c in options.aggregator_address):
@@ -71,7 +75,8 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
     patch_size = list(gandlf_config.get("patch_size") or [])  # a copy: a shared list becomes a YAML alias
     validation = [f"valid_{name}" for name in metric_names]
     train_metrics = ["loss"] + [f"train_{name}" for name in metric_names]
-    task_runner_settings = {"device": options.device, "gandlf_config": gandlf_config}
+    task_runner_settings = {"device": options.device, "instance_norm_statistics": options.instance_norm_statistics,
+                            "gandlf_config": gandlf_config}
     if mu:
         task_runner_settings["proximal_mu"] = float(mu)
     return {
