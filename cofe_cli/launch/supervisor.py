@@ -62,6 +62,16 @@ def warn_if_memory_short(collaborators: int, console: Console) -> None:
                       "(hint: simulate fewer sites per machine, or use a smaller model)")
 
 
+def error_excerpt(lines: list[str], keep: int = 25) -> list[str]:
+    """The part of a log a person needs: from the last traceback on, else the last lines.
+    (Warnings printed after a crash would otherwise push the traceback out of view.)"""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        excerpt = lines[starts[-1]:]
+        return excerpt if len(excerpt) <= keep else excerpt[:5] + ["..."] + excerpt[-(keep - 6):]
+    return lines[-keep:]
+
+
 def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, *, console: Console,
               timeout: float | None = None, poll_interval: float = 0.5) -> FederationProgress:
     """Run until every participant exited 0; on any failure, timeout or Ctrl-C stop them all."""
@@ -110,4 +120,4 @@ def _fail(launcher: Launcher, name: str, reason: str, progress: FederationProgre
     launcher.stop()
     progress.update_states(launcher.states())
     raise FederationFailed(reason, hint=f"full log: {launcher.log_path(name)}", participant=name,
-                           log_tail=launcher.log_tail(name, 20))
+                           log_tail=error_excerpt(launcher.log_tail(name, 400)))

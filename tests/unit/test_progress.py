@@ -70,3 +70,13 @@ def test_a_resumed_federation_reports_each_metric_once(tmp_path):
     console.print(progress)
     text = console.export_text()
     assert "dice 0.400" in text and "Federation summary" in text and "2.00 GiB" in text
+
+
+def test_error_excerpt_keeps_the_traceback_in_view():
+    from cofe_cli.launch.supervisor import error_excerpt
+
+    log = ["starting"] * 50 + ["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: bad volume"] \
+        + ["UserWarning: noise"] * 40
+    excerpt = error_excerpt(log)
+    assert excerpt[0].startswith("Traceback") and "ValueError: bad volume" in excerpt and len(excerpt) <= 25
+    assert error_excerpt(["a", "b"]) == ["a", "b"]
