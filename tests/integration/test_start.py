@@ -1,14 +1,25 @@
-"""The multi-terminal path (`cofe start` per participant) and the aggregator's mutual TLS."""
+"""The multi-terminal path (`cofe start` per participant), and an aggregator that refuses every
+stranger (no, self-signed, foreign, expired or revoked certificate; a CN that is not the name it
+claims; a name not in the plan) while the federation still finishes."""
 
 from __future__ import annotations
 
 import socket
 import time
 
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki import CertificateAuthority
+from cofe_cli.pki.revocation import build_crl
 from federation_helpers import cofe, cofe_background, free_port, processes_using, wait_for_port
 
 pytestmark = pytest.mark.federation
@@ -27,6 +38,47 @@ def _ping(port: int, chain: bytes, cert: bytes | None, key: bytes | None, plan, 
             return None
         except grpc.RpcError as error:
             return error.code()
+
+
+def _pair(issued) -> tuple[bytes, bytes]:
+    return issued.cert_pem, issued.key_pem
+
+
+def _pem_pair(cert: x509.Certificate, key) -> tuple[bytes, bytes]:
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def _client_cert(subject: str, issuer: x509.Name, issuer_key, public_key, not_before, not_after) -> x509.Certificate:
+    return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer).public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(issuer_key, hashes.SHA384()))
+
+
+def _self_signed(name: str) -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(timezone.utc)
+    return _pem_pair(_client_cert(name, subject, key, key.public_key(), now - timedelta(hours=1), now + timedelta(days=30)), key)
+
+
+def _expired_from(ca_dir: Path, name: str) -> tuple[bytes, bytes]:
+    """Signed by the federation's real signing CA, but its validity ended yesterday."""
+    signing_cert = x509.load_pem_x509_certificate((ca_dir / "signing-ca.crt").read_bytes())
+    signing_key = serialization.load_pem_private_key((ca_dir / "private" / "signing-ca.key").read_bytes(), password=None)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.now(timezone.utc)
+    cert = _client_cert(name, signing_cert.subject, signing_key, key.public_key(), now - timedelta(days=30), now - timedelta(days=1))
+    return _pem_pair(cert, key)
+
+
+def _revoke_serials(ca: CertificateAuthority, crl_path: Path, *cert_pems: bytes) -> None:
+    now = datetime.now(timezone.utc)
+    entries = [x509.RevokedCertificateBuilder().serial_number(x509.load_pem_x509_certificate(pem).serial_number)
+               .revocation_date(now).build() for pem in cert_pems]
+    atomic_write_bytes(crl_path, build_crl(ca, entries, 1))
 
 
 def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_config):
@@ -55,13 +107,29 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
     workspace = fed / "workspaces" / "site_a"
     plan = Plan.parse(plan_config_path=workspace / "plan" / "plan.yaml", cols_config_path=workspace / "plan" / "cols.yaml")
     chain = (workspace / "cert" / "cert_chain.crt").read_bytes()
-    own_cert = (workspace / "cert" / "client" / "col_site_a.crt").read_bytes()
-    own_key = (workspace / "cert" / "client" / "col_site_a.key").read_bytes()
-    stranger = CertificateAuthority.create(tmp_path / "other-ca").issue_client_cert("site_a")
+    own = (workspace / "cert" / "client" / "col_site_a.crt").read_bytes(), (workspace / "cert" / "client" / "col_site_a.key").read_bytes()
+    ca = CertificateAuthority.load(fed / "ca")
 
-    assert _ping(port, chain, own_cert, own_key, plan, "site_a") is None  # the control: a real member gets through
-    assert _ping(port, chain, None, None, plan, "site_a") == grpc.StatusCode.UNAVAILABLE
-    assert _ping(port, chain, stranger.cert_pem, stranger.key_pem, plan, "site_a") == grpc.StatusCode.UNAVAILABLE
+    def ping(cert_and_key, sender="site_a"):
+        return _ping(port, chain, *(cert_and_key or (None, None)), plan, sender)
+
+    assert ping(own) is None  # the control: a real member gets through
+    refused_at_handshake = {
+        "no certificate": None,
+        "self-signed": _self_signed("site_a"),
+        "another CA": _pair(CertificateAuthority.create(tmp_path / "other-ca").issue_client_cert("site_a")),
+        "expired": _expired_from(fed / "ca", "site_a"),
+    }
+    for case, cert_and_key in refused_at_handshake.items():
+        assert ping(cert_and_key) == grpc.StatusCode.UNAVAILABLE, case
+    assert ping(own, sender="site_b") == grpc.StatusCode.UNAUTHENTICATED  # CN is not the name it claims
+    assert ping(_pair(ca.issue_client_cert("site_z")), sender="site_z") == grpc.StatusCode.UNAUTHENTICATED  # not in the plan
+
+    second = ca.issue_client_cert("site_a")  # a second, valid certificate of site_a, revoked while the aggregator runs
+    assert ping(_pair(second)) is None
+    _revoke_serials(ca, fed / "workspaces" / "aggregator" / "cert" / "crl.pem", second.cert_pem)
+    assert ping(_pair(second)) == grpc.StatusCode.PERMISSION_DENIED
+    assert ping(own) is None  # everyone else is unaffected
 
     no_data = cofe("start", "collaborator", "site_b", "--dir", fed)
     assert no_data.returncode == 2 and "--data" in no_data.stderr
