@@ -130,10 +130,17 @@ def test_a_collaborator_dying_mid_run_stops_the_others(tmp_path, site_data, fast
 def test_ctrl_c_stops_and_removes_every_container(tmp_path, site_data, fast_config, container_engine, container_image):
     import signal
 
+    import subprocess
+    import sys
+
     fed = tmp_path / "fed"
-    run = cofe_background("run", "--dir", fed, "--containers", "--image", container_image, "--gandlf-config", fast_config,
-                          *collaborator_args(site_data), "--rounds", 2, "--port", free_port(), "--timeout", 900,
-                          log=tmp_path / "run.out")
+    args = ["run", "--dir", fed, "--containers", "--image", container_image, "--gandlf-config", fast_config,
+            *collaborator_args(site_data), "--rounds", 2, "--port", free_port(), "--timeout", 900]
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps it
+    # so; give `cofe run` the terminal's default, as a user at a prompt has it.
+    with (tmp_path / "run.out").open("wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "cofe_cli", *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while not leftovers(container_engine, fed)["containers"] or not (fed / "workspaces" / "aggregator" / "logs" / "events.jsonl").is_file():
