@@ -26,7 +26,6 @@ catches a kit whose kit.json was rewritten along with its plan.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -42,7 +41,6 @@ from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki.authority import CertificateAuthority
 from cofe_cli.pki.requests import (
     FORMAT_VERSION,
-    ROLE_AGGREGATOR,
     ArchiveSpec,
     chain_root_fingerprint,
     check_plan_unchanged,
@@ -55,7 +53,7 @@ from cofe_cli.pki.requests import (
     write_archive,
 )
 from cofe_cli.pki.workspace_certs import participant_cert_paths
-from cofe_cli.plan.builder import plan_hash, render_data_config
+from cofe_cli.plan.builder import plan_hash
 from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, check_data_folder, problem_type_of
 from cofe_cli.plan.workspaces import COLS_FILE, GANDLF_FILE, INIT_MODEL, PLAN_FILE, collaborator_data_folder, write_workspace
 
@@ -364,10 +362,3 @@ def import_kit(kit_path: Path, site_dir: Path, *, data: Path | None = None, forc
                         f"{manifest.aggregator_address}:{manifest.aggregator_port}", workspace, plans_action,
                         workspace_action, data_folder if name != AGGREGATOR else None, template, warnings)
 
-
-def read_kit_json(workspace: Path) -> dict | None:
-    """The kit.json an imported workspace keeps (None for a workspace `cofe init` made)."""
-    try:
-        return json.loads((Path(workspace) / KIT_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.pki import CertificateAuthority
