@@ -155,6 +155,9 @@ def run_collaborator(workspace: Path, name: str, device: str | None = None) -> N
             # the federation's identity from the plan's hash, so plan.yaml stays as every party has it.
             plan.config["task_runner"]["settings"]["device"] = device
             logger.info("training on %s (this site's --device)", device)
+        from cofe_cli.engine.openfl_client import RefusalAwareClient
+
+        plan.client_ = RefusalAwareClient(**plan.get_client_args(name))  # get_collaborator() builds no other
         plan.get_collaborator(name).run()
 
 

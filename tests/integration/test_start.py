@@ -131,6 +131,13 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
     assert ping(_pair(second)) == grpc.StatusCode.PERMISSION_DENIED
     assert ping(own) is None  # everyone else is unaffected
 
+    # A revoked collaborator is told so and stops, instead of retrying forever as OpenFL's client would.
+    _revoke_serials(ca, fed / "workspaces" / "aggregator" / "cert" / "crl.pem", second.cert_pem, own[0])
+    revoked_run = cofe("start", "collaborator", "site_a", "--dir", fed, timeout=300)
+    assert revoked_run.returncode == 1, revoked_run.stdout + revoked_run.stderr
+    assert "the aggregator refused site_a: its certificate is revoked" in revoked_run.stderr
+    _revoke_serials(ca, fed / "workspaces" / "aggregator" / "cert" / "crl.pem", second.cert_pem)
+
     no_data = cofe("start", "collaborator", "site_b", "--dir", fed)
     assert no_data.returncode == 2 and "--data" in no_data.stderr
     collaborators = [
