@@ -9,6 +9,7 @@ import typer
 from cofe_cli import __version__
 from cofe_cli.commands import certify, demo, image, init, run, start
 from cofe_cli.commands import kit
+from cofe_cli.commands import doctor
 from cofe_cli.console import err_console, print_error
 from cofe_cli.errors import CofeError, FederationFailed
 
@@ -43,6 +44,7 @@ app.command("demo")(demo.demo)
 app.add_typer(image.app, name="image")
 app.add_typer(kit.export_app, name="export")
 app.command("import")(kit.import_kit)
+app.command("doctor")(doctor.doctor)
 
 
 def main(argv: list[str] | None = None) -> None:
