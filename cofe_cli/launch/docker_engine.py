@@ -186,6 +186,8 @@ def build_failure(exc: Exception) -> CofeError:
 
     log = getattr(exc, "log", [])
     message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    tls_refused = any(marker in "\n".join(log[-40:]).lower()
+                      for marker in ("certificate verify failed", "self-signed certificate", "self signed certificate"))
     hint = ("behind a TLS-intercepting proxy pass its CA with --extra-ca-bundle FILE"
-            if "certificate" in "\n".join(log[-20:]).lower() else "the build log's last lines are above")
+            if tls_refused else "the build log's last lines are above")
     return FederationFailed(f"the image build failed: {message}", hint=hint, participant="docker build", log_tail=log[-20:], exit_code=1)
