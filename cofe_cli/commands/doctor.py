@@ -606,7 +606,8 @@ def run_checks(layout: FederationLayout, manifest: Manifest, participant: str, *
                                 timeout=timeout)
             add(tls.check)
             server_cert = tls.server_cert
-            add(_ping_check(workspace, host, port, chain=chain, cert=cert_pem, key=key_pem, sender=participant))
+            add(_ping_check(workspace, host, port, chain=chain, cert=cert_pem, key=key_pem, sender=participant,
+                            timeout=max(20.0, timeout)))
     add(certificate)
     add(check_clock(server_cert=server_cert, own_cert=own_cert, kit_created=_kit_created(workspace),
                     kernel=kernel_clock_state(), at_aggregator=is_aggregator))
@@ -623,7 +624,8 @@ def run_checks(layout: FederationLayout, manifest: Manifest, participant: str, *
     return checks
 
 
-def _ping_check(workspace: Path, host: str, port: int, *, chain: bytes, cert: bytes, key: bytes, sender: str) -> Check:
+def _ping_check(workspace: Path, host: str, port: int, *, chain: bytes, cert: bytes, key: bytes, sender: str,
+                timeout: float) -> Check:
     from cofe_cli.engine.aggregator_ping import grpc_target, ping, plan_identity
 
     try:
@@ -631,7 +633,7 @@ def _ping_check(workspace: Path, host: str, port: int, *, chain: bytes, cert: by
     except Exception as error:  # OpenFL raises bare exceptions for any plan problem
         return _fail("aggregator", f"OpenFL cannot parse this workspace's plan ({type(error).__name__}: {error})",
                      "import the kit again (`cofe import KIT --force`)")
-    outcome = ping(host, port, chain=chain, cert=cert, key=key, sender=sender, identity=identity)
+    outcome = ping(host, port, chain=chain, cert=cert, key=key, sender=sender, identity=identity, timeout=timeout)
     return describe_ping(outcome.code, outcome.details, sender=sender, target=grpc_target(host, port),
                          answered_by=outcome.answered_by)
 
