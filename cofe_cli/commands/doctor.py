@@ -49,6 +49,7 @@ from rich.markup import escape
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.ports import listen_error
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 CLOCK_TOLERANCE = timedelta(minutes=1)
@@ -521,15 +522,11 @@ def check_plan(layout: FederationLayout, manifest: Manifest, participant: str) -
 
 
 def check_listen_port(port: int) -> Check:
-    family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("::" if family == socket.AF_INET6 else "", port))
-        except OSError as error:
-            return _fail("port", f"port {port} cannot be listened on here ({error.strerror or error}); an aggregator "
-                                 "already running here holds it too",
-                         "stop what uses it (or ignore this if it is this federation's aggregator)")
+    error = listen_error(port)
+    if error is not None:
+        return _fail("port", f"port {port} cannot be listened on here ({error.strerror or error}); an aggregator "
+                             "already running here holds it too",
+                     "stop what uses it (or ignore this if it is this federation's aggregator)")
     return _pass("port", f"port {port} is free to listen on; the sites must be able to reach it over TCP")
 
 

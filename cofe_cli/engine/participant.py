@@ -11,10 +11,10 @@ import contextlib
 import io
 import logging
 import os
-import socket
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
+from cofe_cli.ports import listen_error
 
 PLAN = Path("plan/plan.yaml")
 COLS = Path("plan/cols.yaml")
@@ -92,15 +92,9 @@ def write_initial_model(workspace: Path, output: Path) -> None:
 
 
 def check_port_free(port: int) -> None:
-    """gRPC binds [::]:port with SO_REUSEPORT, so a second aggregator would share the port silently."""
-    family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("::" if family == socket.AF_INET6 else "", port))
-        except OSError:
-            raise CofeError(f"port {port} is already in use on this machine",
-                            hint="stop what uses it, or re-create the federation with `cofe init --force --port N`") from None
+    if listen_error(port) is not None:
+        raise CofeError(f"port {port} is already in use on this machine",
+                        hint="stop what uses it, or re-create the federation with `cofe init --force --port N`")
 
 
 def serve_aggregator(workspace: Path) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_assertions import ok, refused
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -76,15 +77,6 @@ def cofe_on_a_terminal(*args: str | Path, cwd: Path, answer: str) -> Result:
         os.close(master)
     return Result(process.returncode, stdout, stderr)
 
-
-def ok(result: Result) -> Result:
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result
-
-
-def refused(result: Result, message: str) -> None:
-    shown = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 2, shown
     assert "Traceback" not in result.stdout + result.stderr, shown
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert any(message in line for line in errors), shown

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_assertions import ok, refused
 
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.pki import CertificateAuthority
@@ -53,15 +54,6 @@ def cofe(*args: str | Path, cwd: Path) -> Result:
                           capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
     return Result(done.returncode, done.stdout, done.stderr)
 
-
-def ok(result: Result) -> Result:
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result
-
-
-def refused(result: Result, message: str) -> None:
-    shown = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 2, shown
     assert "Traceback" not in result.stdout + result.stderr, shown
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert any(message in line for line in errors), shown
