@@ -155,3 +155,20 @@ def test_ctrl_c_stops_and_removes_every_container(tmp_path, site_data, fast_conf
     assert run.returncode == 130, output[-4000:]
     assert "interrupted: every participant was stopped" in output
     assert leftovers(container_engine, fed) == NOTHING_LEFT
+
+
+def test_clear_errors_for_a_localhost_aggregator_and_a_missing_image(tmp_path, site_data, fast_config, container_engine):
+    fed = tmp_path / "fed"
+    cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(site_data), "--rounds", 1,
+         "--port", free_port(), check=True)  # the default address: localhost
+    cofe("certify", "--dir", fed, check=True)
+    refused = cofe("run", "--dir", fed, "--containers")
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot name a container" in refused.stderr and "--aggregator-address aggregator" in refused.stderr
+    # A published aggregator may keep localhost (processes on this host dial it); the image is then missing.
+    missing = cofe("start", "aggregator", "--dir", fed, "--container", "--image", "cofe-absent:0")
+    assert missing.returncode == 2, missing.stderr
+    assert "the image cofe-absent:0 is not on the container engine" in missing.stderr
+    assert "cofe image build --tag cofe-absent:0" in missing.stderr
+    assert "Traceback" not in refused.stderr + missing.stderr
+    assert leftovers(container_engine, fed) == NOTHING_LEFT
