@@ -10,6 +10,7 @@ from cofe_cli import __version__
 from cofe_cli.commands import certify, demo, image, init, run, start
 from cofe_cli.commands import kit
 from cofe_cli.commands import doctor
+from cofe_cli.commands import slurm_jobs
 from cofe_cli.console import err_console, print_error
 from cofe_cli.errors import CofeError, FederationFailed
 
@@ -45,6 +46,8 @@ app.add_typer(image.app, name="image")
 app.add_typer(kit.export_app, name="export")
 app.command("import")(kit.import_kit)
 app.command("doctor")(doctor.doctor)
+app.command("status")(slurm_jobs.status)
+app.command("stop")(slurm_jobs.stop)
 
 
 def main(argv: list[str] | None = None) -> None:

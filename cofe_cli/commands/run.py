@@ -49,7 +49,7 @@ def _interrupt(signum, frame):
 
 
 def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None,
-                   containers: ContainerOptions | None = None):
+                   containers: ContainerOptions | None = None, slurm=None):
     from cofe_cli.launch.report import summary_table, write_results
     from cofe_cli.launch.supervisor import supervise
 
@@ -61,7 +61,19 @@ def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: boo
         clear_aggregator_state(layout)
     for name in manifest.collaborators:
         prepare_collaborator_data(layout, name, None)
-    if containers:
+    if slurm:
+        from cofe_cli.launch.slurm import SlurmFederation
+
+        launcher = SlurmFederation(layout, manifest, options=slurm, restart=restart)
+        launcher.check()
+        for note in launcher.notes:
+            console.print(note)
+        # Jobs do not die with this process: a `kill` of `cofe run` must cancel them like a Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
+        console.print(f"Submitting the aggregator and {len(manifest.collaborators)} collaborator(s) as Slurm jobs "
+                      f"(gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port}; "
+                      f"scripts in {layout.root / 'slurm'})...")
+    elif containers:
         from cofe_cli.launch.containers import ContainerFederation, network_name
         from cofe_cli.launch.docker_engine import DEFAULT_IMAGE
 
@@ -102,6 +114,14 @@ def run(
     containers: bool = typer.Option(False, "--containers", help="Every participant in a container of cofe's image, on one bridge network."),
     image: str = typer.Option(None, "--image", help="With --containers: the image (default: cofe:VERSION, see `cofe image build`)."),
     gpus: str = typer.Option(None, "--gpus", help="With --containers: GPUs for the collaborators (all, a count, or device=0,1)."),
+    slurm: bool = typer.Option(False, "--slurm", help="Every participant as a job of a Slurm cluster (FED on a filesystem all nodes share)."),
+    partition: str = typer.Option(None, "--partition", help="With --slurm: the partition (default: the cluster's)."),
+    account: str = typer.Option(None, "--account", help="With --slurm: the account to charge."),
+    time_limit: str = typer.Option(None, "--time", help="With --slurm: each job's time limit, e.g. 02:00:00."),
+    mem_per_site: str = typer.Option(None, "--mem-per-site", help="With --slurm: memory of each job, e.g. 4G."),
+    cpus_per_site: int = typer.Option(1, "--cpus-per-site", help="With --slurm: CPUs of each collaborator's job (also its OMP_NUM_THREADS)."),
+    gpus_per_site: int = typer.Option(None, "--gpus-per-site", help="With --slurm: GPUs of each collaborator's job (it then trains on cuda)."),
+    sbatch_arg: list[str] = typer.Option(None, "--sbatch-arg", help="With --slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)."),
 ) -> None:
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     layout = FederationLayout(dir)
@@ -114,5 +134,23 @@ def run(
                               algorithm=algorithm, aggregator_address=address)
     if (image or gpus) and not containers:
         raise CofeError("--image and --gpus go with --containers", hint="add --containers, or leave them out")
+    slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
+                                     mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,
+                                     gpus_per_site=gpus_per_site, sbatch_args=tuple(sbatch_arg or ()))
     run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout,
-                   containers=ContainerOptions(image=image, gpus=gpus) if containers else None)
+                   containers=ContainerOptions(image=image, gpus=gpus) if containers else None, slurm=slurm_options)
+
+
+def slurm_options_of(slurm: bool, containers: bool, **given):
+    """The --slurm options, checked before anything is initialised or submitted (None without --slurm)."""
+    from cofe_cli.launch.slurm import SlurmOptions
+
+    options = SlurmOptions(**given)
+    if not slurm:
+        if options != SlurmOptions():
+            raise CofeError("--partition, --account, --time, --mem-per-site, --cpus-per-site, --gpus-per-site and "
+                            "--sbatch-arg go with --slurm", hint="add --slurm, or leave them out")
+        return None
+    if containers:
+        raise CofeError("--slurm and --containers do not go together", hint="pick one")
+    return options.validate()

@@ -1,0 +1,450 @@
+"""Every participant of a federation as a job of a Slurm cluster (`cofe run --slurm`, `cofe status`, `cofe stop`).
+
+SlurmFederation implements the same Launcher protocol as ProcessFederation, so `supervise()` gives the
+same live progress, failure handling, metrics and report. One job per participant, each running
+`python -m cofe_cli start ...` with the submitting cofe's interpreter, its output appended to the
+participant's workspace log. The federation directory must be on a filesystem every node shares.
+
+The aggregator's address: the collaborators dial the address in the plan (the one the server
+certificate names), so the aggregator's job must run where that address leads.
+- The address is a node of the cluster (its NodeName or NodeHostname, or that name's FQDN): the
+  aggregator's job is pinned there with --nodelist.
+- The address is loopback (localhost): collaborators can reach it only on the aggregator's host, so
+  when the cluster's nodes are on more than one host the collaborators are pinned to the aggregator's node.
+- Anything else (a login host that forwards the port, a service name): used as is, with a warning.
+The aggregator's job is submitted first; the collaborators are submitted once it is RUNNING on a known
+node (they retry the connection until it listens).
+
+The sbatch scripts are kept in FED/slurm/<participant>.sbatch, the job ids in FED/slurm/jobs.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cofe_cli.errors import CofeError
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.launch.supervisor import ParticipantState, tail_lines
+
+SLURM_DIR = "slurm"
+JOBS_FILE = "jobs.json"
+QUERY_TIMEOUT = 15.0  # squeue/scontrol/sinfo hang while slurmctld is down
+SUBMIT_TIMEOUT = 60.0
+QUERY_INTERVAL = 1.0  # the controller is shared: no more than one squeue a second
+ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUED",
+                 "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED"}
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{1,2}){0,2}$|^\d+$|^UNLIMITED$|^INFINITE$", re.IGNORECASE)
+_MEMORY = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None
+    mem_per_site: str | None = None
+    cpus_per_site: int = 1
+    gpus_per_site: int | None = None
+    sbatch_args: tuple[str, ...] = ()
+
+    def validate(self) -> "SlurmOptions":
+        if self.time is not None and not _TIME.match(self.time):
+            raise CofeError(f"--time {self.time!r} is not a Slurm time limit",
+                            hint="use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS, e.g. --time 02:00:00")
+        if self.mem_per_site is not None and not _MEMORY.match(self.mem_per_site):
+            raise CofeError(f"--mem-per-site {self.mem_per_site!r} is not a memory size",
+                            hint="a number with an optional unit K, M, G or T, e.g. --mem-per-site 4G")
+        if self.cpus_per_site < 1:
+            raise CofeError(f"--cpus-per-site must be at least 1, not {self.cpus_per_site}", hint="e.g. --cpus-per-site 2")
+        if self.gpus_per_site is not None and self.gpus_per_site < 0:
+            raise CofeError(f"--gpus-per-site must be 0 or more, not {self.gpus_per_site}", hint="e.g. --gpus-per-site 1")
+        for name, value in (("--partition", self.partition), ("--account", self.account)):
+            if value is not None and not re.match(r"^[A-Za-z0-9_.,-]+$", value):
+                raise CofeError(f"{name} {value!r} is not a Slurm name", hint="letters, digits, '_', '-', '.' (a comma separates several)")
+        for arg in self.sbatch_args:
+            if not arg.startswith("-") or "\n" in arg:
+                raise CofeError(f"--sbatch-arg {arg!r} is not an sbatch option",
+                                hint="give one option per --sbatch-arg, with its value after '=', e.g. --sbatch-arg=--qos=high")
+            if arg.split("=", 1)[0] in ("--output", "-o", "--error", "-e", "--job-name", "-J", "--chdir", "-D", "--parsable"):
+                raise CofeError(f"--sbatch-arg {arg!r} would change what cofe relies on",
+                                hint="cofe sets the job's name, output, error and working directory itself")
+        return self
+
+
+# --- the scripts ----------------------------------------------------------------------------------
+
+def slurm_dir(layout: FederationLayout) -> Path:
+    return layout.root / SLURM_DIR
+
+
+def script_path(layout: FederationLayout, participant: str) -> Path:
+    return slurm_dir(layout) / f"{participant}.sbatch"
+
+
+def log_path(layout: FederationLayout, participant: str) -> Path:
+    return layout.workspace(participant) / "logs" / f"{participant}.log"
+
+
+def job_name(layout: FederationLayout, participant: str) -> str:
+    from cofe_cli.launch.containers import federation_id
+
+    return f"cofe-{federation_id(layout)}-{participant}"
+
+
+def start_command(layout: FederationLayout, participant: str, *, python: str, restart: bool = False,
+                  device: str | None = None) -> list[str]:
+    args = [python, "-m", "cofe_cli", "start"]
+    if participant == AGGREGATOR:
+        return args + ["aggregator", "--dir", str(layout.root)] + (["--restart"] if restart else [])
+    return args + ["collaborator", participant, "--dir", str(layout.root)] + (["--device", device] if device else [])
+
+
+def render_script(layout: FederationLayout, participant: str, options: SlurmOptions, *, python: str | None = None,
+                  restart: bool = False, nodelist: str | None = None) -> str:
+    """The batch script of one participant's job (kept in FED/slurm/ so a user can read or resubmit it)."""
+    python = python or sys.executable
+    is_aggregator = participant == AGGREGATOR
+    # The aggregator only averages tensors: one core; collaborators train with what the user asked for.
+    cpus = 1 if is_aggregator else options.cpus_per_site
+    directives = [
+        f"--job-name={job_name(layout, participant)}",
+        f"--output={log_path(layout, participant)}",
+        "--open-mode=append",
+        f"--chdir={layout.workspace(participant)}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={cpus}",
+        "--no-requeue",
+    ]
+    if options.partition:
+        directives.append(f"--partition={options.partition}")
+    if options.account:
+        directives.append(f"--account={options.account}")
+    if options.time:
+        directives.append(f"--time={options.time}")
+    if options.mem_per_site:
+        directives.append(f"--mem={options.mem_per_site}")
+    gpus = options.gpus_per_site if not is_aggregator else None
+    if gpus:
+        directives.append(f"--gpus={gpus}")
+    if nodelist:
+        directives.append(f"--nodelist={nodelist}")
+    directives += list(options.sbatch_args)
+    command = start_command(layout, participant, python=python, restart=restart, device="cuda" if gpus else None)
+    lines = ["#!/bin/bash",
+             f"# {participant} of the federation in {layout.root}, written by `cofe run --slurm`.",
+             *[f"#SBATCH {d}" for d in directives],
+             "",
+             "export COFE_LOG_CAPTURED=1 PYTHONUNBUFFERED=1",
+             f"export OMP_NUM_THREADS={cpus}",
+             f"echo \"[slurm] job $SLURM_JOB_ID of {participant} on $(hostname) (node $SLURMD_NODENAME)\"",
+             "exec " + shlex.join(command),
+             ""]
+    return "\n".join(lines)
+
+
+# --- talking to Slurm -----------------------------------------------------------------------------
+
+def _slurm(args: list[str], *, timeout: float | None = None) -> subprocess.CompletedProcess:
+    timeout = timeout or QUERY_TIMEOUT
+    if shutil.which(args[0]) is None:
+        raise CofeError(f"no Slurm here: `{args[0]}` is not on PATH",
+                        hint="run cofe on a Slurm login node (or load Slurm's module), or run without --slurm")
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise CofeError(f"Slurm's controller did not answer `{args[0]}` within {timeout:.0f} s",
+                        hint="is slurmctld running? (`scontrol ping`; SLURM_CONF names the cluster's configuration)") from None
+
+
+def _slurm_message(result: subprocess.CompletedProcess) -> str:
+    text = (result.stderr or result.stdout).strip()
+    lines = [re.sub(r"^s\w+: error: ", "", line) for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) or f"exit code {result.returncode}"
+
+
+def check_cluster(options: SlurmOptions) -> list[str]:
+    """Slurm is there and answers, and the partition exists. Returns the partitions."""
+    for tool in ("sbatch", "squeue", "scontrol", "scancel", "sinfo"):
+        if shutil.which(tool) is None:
+            raise CofeError(f"no Slurm here: `{tool}` is not on PATH",
+                            hint="run cofe on a Slurm login node (or load Slurm's module), or run without --slurm")
+    result = _slurm(["sinfo", "-h", "-o", "%P"])
+    if result.returncode != 0:
+        raise CofeError(f"Slurm does not answer: {_slurm_message(result)}",
+                        hint="is slurmctld running? (`scontrol ping`; SLURM_CONF names the cluster's configuration)")
+    partitions = [p.strip().rstrip("*") for p in result.stdout.split() if p.strip()]
+    if options.partition:
+        missing = [p for p in options.partition.split(",") if p not in partitions]
+        if missing:
+            raise CofeError(f"Slurm has no partition {missing[0]!r} (it has: {', '.join(partitions) or 'none'})",
+                            hint="pick one of those with --partition, or leave it out for the cluster's default")
+    return partitions
+
+
+def submit(script: Path, *, test_only: bool = False) -> str:
+    args = ["sbatch", "--parsable"] + (["--test-only"] if test_only else []) + [str(script)]
+    result = _slurm(args, timeout=SUBMIT_TIMEOUT)
+    if result.returncode != 0:
+        raise CofeError(f"Slurm refused the job of {script.stem}: {_slurm_message(result)}",
+                        hint="ask for what the cluster's nodes have (--mem-per-site, --cpus-per-site, --gpus-per-site, "
+                             "--time, --partition; `sinfo -N -l` lists them)")
+    if test_only:
+        return ""
+    job = result.stdout.strip().split(";")[0]
+    if not job.isdigit():
+        raise CofeError(f"sbatch answered {result.stdout.strip()!r} instead of a job id", hint="check the cluster with `squeue`")
+    return job
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        _slurm(["scancel", *job_ids])
+
+
+@dataclass
+class JobInfo:
+    job_id: str
+    state: str  # PENDING, RUNNING, COMPLETED, ... or UNKNOWN when Slurm no longer knows the job
+    node: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    signal: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+def query_jobs(job_ids: list[str]) -> dict[str, JobInfo]:
+    """States and nodes from one squeue; exit codes from `scontrol show job` for the jobs that ended."""
+    if not job_ids:
+        return {}
+    result = _slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%r"])
+    found: dict[str, JobInfo] = {}
+    for line in result.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4 and parts[0] in job_ids:
+            found[parts[0]] = JobInfo(parts[0], parts[1], parts[2], parts[3])
+    for job in job_ids:
+        info = found.get(job)
+        if info is None or not info.active:
+            found[job] = show_job(job) or info or JobInfo(job, "UNKNOWN")
+    return found
+
+
+def show_job(job_id: str) -> JobInfo | None:
+    result = _slurm(["scontrol", "-o", "show", "job", job_id])
+    if result.returncode != 0:
+        return None
+    fields = dict(re.findall(r"(\w+)=(\S*)", result.stdout))
+    code, _, sig = fields.get("ExitCode", "0:0").partition(":")
+    state = fields.get("JobState", "UNKNOWN")
+    node = fields.get("NodeList", "")
+    return JobInfo(job_id, state, "" if node == "(null)" else node, fields.get("Reason", ""),
+                   exit_code=int(code) if code.isdigit() else None, signal=int(sig) if sig.isdigit() else 0)
+
+
+def returncode_of(info: JobInfo) -> int | None:
+    """None while the job is queued or running; its command's exit code after (never 0 unless COMPLETED)."""
+    if info.active:
+        return None
+    if info.state == "COMPLETED":
+        return info.exit_code or 0
+    if info.exit_code:
+        return info.exit_code
+    return -(info.signal or 15) if info.state == "CANCELLED" else 1
+
+
+def node_hosts() -> dict[str, str]:
+    """NodeName -> NodeHostname of every node of the cluster."""
+    result = _slurm(["scontrol", "-o", "show", "node"])
+    hosts = {}
+    for line in result.stdout.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "NodeName" in fields:
+            hosts[fields["NodeName"]] = fields.get("NodeHostName") or fields.get("NodeHostname") or fields["NodeName"]
+    return hosts
+
+
+def placement(address: str, hosts: dict[str, str]) -> tuple[str | None, str]:
+    """Where the aggregator must run for `address` to reach it: (a node to pin it to, or None; how)."""
+    from cofe_cli.launch.containers import is_loopback
+
+    if is_loopback(address):
+        return None, "loopback"
+    short = address.lower().split(".")[0]
+    for node, host in hosts.items():
+        if address.lower() in (node.lower(), host.lower()) or short in (node.lower(), host.lower().split(".")[0]):
+            return node, "node"
+    return None, "other"
+
+
+# --- jobs.json ------------------------------------------------------------------------------------
+
+def read_jobs(layout: FederationLayout) -> dict:
+    path = slurm_dir(layout) / JOBS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, OSError) as exc:
+        raise CofeError(f"{path} is damaged ({exc})", hint="check `squeue` for the federation's jobs; delete the file afterwards")
+
+
+def write_jobs(layout: FederationLayout, jobs: dict[str, str]) -> None:
+    path = slurm_dir(layout) / JOBS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{JOBS_FILE}.partial")
+    partial.write_text(json.dumps({"federation": str(layout.root), "submitted": time.time(),
+                                   "jobs": {name: {"job_id": job, "script": str(script_path(layout, name))}
+                                            for name, job in jobs.items()}}, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def recorded_job_ids(layout: FederationLayout) -> dict[str, str]:
+    return {name: entry["job_id"] for name, entry in (read_jobs(layout).get("jobs") or {}).items()}
+
+
+def stop_jobs(job_ids: list[str], *, wait: float = 60.0) -> dict[str, JobInfo]:
+    """scancel every job, then wait until none of them is queued or running any more."""
+    infos = query_jobs(job_ids)
+    active = [job for job, info in infos.items() if info.active]
+    cancel(active)
+    deadline = time.monotonic() + wait
+    while active and time.monotonic() < deadline:
+        time.sleep(0.5)
+        infos = query_jobs(job_ids)
+        active = [job for job, info in infos.items() if info.active]
+        if active:
+            cancel(active)  # a job that was pending a moment ago may have started since
+    return infos
+
+
+# --- the launcher ---------------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    name: str
+    job_id: str | None = None
+    info: JobInfo | None = None
+
+
+@dataclass
+class SlurmFederation:
+    """One Slurm job per participant: the aggregator first, the collaborators once it runs."""
+
+    layout: FederationLayout
+    manifest: Manifest
+    options: SlurmOptions = field(default_factory=SlurmOptions)
+    restart: bool = False
+    python: str = field(default_factory=lambda: sys.executable)
+    notes: list[str] = field(default_factory=list)  # what cofe decided, for the console
+
+    def __post_init__(self):
+        self._jobs = {name: _Job(name) for name in self.participants()}
+        self._last_query = 0.0
+        self._collaborator_nodes: str | None = None
+
+    def participants(self) -> list[str]:
+        return [AGGREGATOR, *self.manifest.collaborators]
+
+    def check(self) -> None:
+        """Before anything is submitted: Slurm answers, the partition exists, the cluster can run each job,
+        and no job of this federation is still queued or running."""
+        check_cluster(self.options)
+        running = {n: i for n, i in query_jobs(list(recorded_job_ids(self.layout).values())).items() if i.active}
+        if running:
+            raise CofeError(f"this federation already has jobs queued or running on Slurm ({', '.join(sorted(running))})",
+                            hint=f"`cofe status --dir {self.layout.root}` shows them, `cofe stop --dir {self.layout.root}` cancels them")
+        self._hosts = node_hosts()
+        self._pin, how = placement(self.manifest.aggregator_address, self._hosts)
+        address = self.manifest.aggregator_address
+        if how == "node":
+            self.notes.append(f"the aggregator's job is pinned to node {self._pin}, which the certificate's address {address} names")
+        elif how == "loopback":
+            if len(set(self._hosts.values())) > 1:
+                self.notes.append(f"the aggregator's address is {address}: the collaborators will run on the aggregator's node")
+        else:
+            self.notes.append(f"[yellow]warning:[/] {address} (the certificate's address) is not a node of this cluster: "
+                              "collaborators dial it, so it must lead to the aggregator's node")
+        for name in (AGGREGATOR, *self.manifest.collaborators[:1]):  # every collaborator asks for the same
+            submit(self._write_script(name, nodelist=self._pin if name == AGGREGATOR else None), test_only=True)
+
+    def _write_script(self, name: str, nodelist: str | None = None) -> Path:
+        path = script_path(self.layout, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_script(self.layout, name, self.options, python=self.python, restart=self.restart,
+                                      nodelist=nodelist))
+        log_path(self.layout, name).parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start(self) -> None:
+        if not hasattr(self, "_hosts"):
+            self.check()
+        self._submit(AGGREGATOR, nodelist=self._pin)
+
+    def _submit(self, name: str, nodelist: str | None = None) -> None:
+        job = self._jobs[name]
+        job.job_id = submit(self._write_script(name, nodelist=nodelist))
+        write_jobs(self.layout, {n: j.job_id for n, j in self._jobs.items() if j.job_id})
+
+    def _submitted(self) -> list[str]:
+        return [j.job_id for j in self._jobs.values() if j.job_id]
+
+    def states(self) -> dict[str, ParticipantState]:
+        now = time.monotonic()
+        if now - self._last_query >= QUERY_INTERVAL:
+            self._last_query = now
+            infos = query_jobs(self._submitted())
+            for job in self._jobs.values():
+                if job.job_id:
+                    job.info = infos.get(job.job_id, job.info)
+            aggregator = self._jobs[AGGREGATOR].info
+            pending = [j for j in self._jobs.values() if j.job_id is None]
+            if pending and aggregator and aggregator.state == "RUNNING" and aggregator.node:
+                nodes = None
+                if placement(self.manifest.aggregator_address, self._hosts)[1] == "loopback" \
+                        and len(set(self._hosts.values())) > 1:
+                    nodes = aggregator.node
+                for job in pending:
+                    self._submit(job.name, nodelist=nodes)
+        states = {}
+        for name, job in self._jobs.items():
+            code = returncode_of(job.info) if job.info else None  # None too while not yet submitted
+            states[name] = ParticipantState(name=name, returncode=code, peak_rss=0)  # no accounting: unknown
+        return states
+
+    def jobs(self) -> dict[str, JobInfo | None]:
+        return {name: job.info for name, job in self._jobs.items()}
+
+    def log_tail(self, name: str, lines: int = 20) -> list[str]:
+        tail = tail_lines(log_path(self.layout, name), lines)
+        job = self._jobs[name]
+        if job.info and not job.info.active and job.info.state != "COMPLETED":
+            tail.append(f"[slurm] job {job.job_id} of {name}: {job.info.state}"
+                        + (f" ({job.info.reason})" if job.info.reason and job.info.reason != "None" else "")
+                        + (f", exit code {job.info.exit_code}" if job.info.exit_code else "")
+                        + (f", signal {job.info.signal}" if job.info.signal else ""))
+        return tail
+
+    def log_path(self, name: str) -> Path:
+        return log_path(self.layout, name)
+
+    def stop(self, grace: float = 10.0) -> None:
+        jobs = self._submitted()
+        if not jobs:
+            return
+        infos = stop_jobs(jobs, wait=max(60.0, grace))
+        for job in self._jobs.values():
+            if job.job_id in infos:
+                job.info = infos[job.job_id]
