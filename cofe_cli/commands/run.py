@@ -64,7 +64,7 @@ def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: boo
     if slurm:
         from cofe_cli.launch.slurm import SlurmFederation
 
-        launcher = SlurmFederation(layout, manifest, options=slurm, restart=restart)
+        launcher = SlurmFederation(layout, manifest, options=slurm, restart=restart, say=console.print)
         launcher.check()
         for note in launcher.notes:
             console.print(note)

@@ -40,6 +40,7 @@ JOBS_FILE = "jobs.json"
 QUERY_TIMEOUT = 15.0  # squeue/scontrol/sinfo hang while slurmctld is down
 SUBMIT_TIMEOUT = 60.0
 QUERY_INTERVAL = 1.0  # the controller is shared: no more than one squeue a second
+CONTROLLER_PATIENCE = 120.0  # how long a running federation waits for a controller that stopped answering
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED"}
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{1,2}){0,2}$|^\d+$|^UNLIMITED$|^INFINITE$", re.IGNORECASE)
@@ -317,8 +318,11 @@ def recorded_job_ids(layout: FederationLayout) -> dict[str, str]:
 
 def stop_jobs(job_ids: list[str], *, wait: float = 60.0) -> dict[str, JobInfo]:
     """scancel every job, then wait until none of them is queued or running any more."""
-    infos = query_jobs(job_ids)
-    active = [job for job, info in infos.items() if info.active]
+    try:
+        infos = query_jobs(job_ids)
+        active = [job for job, info in infos.items() if info.active]
+    except CofeError:  # cancel them all anyway
+        infos, active = {}, list(job_ids)
     cancel(active)
     deadline = time.monotonic() + wait
     while active and time.monotonic() < deadline:
@@ -349,11 +353,12 @@ class SlurmFederation:
     restart: bool = False
     python: str = field(default_factory=lambda: sys.executable)
     notes: list[str] = field(default_factory=list)  # what cofe decided, for the console
+    say: object = None  # a callable printing one line (the console's print), or None
 
     def __post_init__(self):
         self._jobs = {name: _Job(name) for name in self.participants()}
         self._last_query = 0.0
-        self._collaborator_nodes: str | None = None
+        self._unanswered_since: float | None = None
 
     def participants(self) -> list[str]:
         return [AGGREGATOR, *self.manifest.collaborators]
@@ -397,6 +402,11 @@ class SlurmFederation:
         job = self._jobs[name]
         job.job_id = submit(self._write_script(name, nodelist=nodelist))
         write_jobs(self.layout, {n: j.job_id for n, j in self._jobs.items() if j.job_id})
+        self._say(f"{name}: Slurm job {job.job_id}" + (f" (on {nodelist})" if nodelist else ""))
+
+    def _say(self, line: str) -> None:
+        if self.say:
+            self.say(line)
 
     def _submitted(self) -> list[str]:
         return [j.job_id for j in self._jobs.values() if j.job_id]
@@ -405,10 +415,23 @@ class SlurmFederation:
         now = time.monotonic()
         if now - self._last_query >= QUERY_INTERVAL:
             self._last_query = now
-            infos = query_jobs(self._submitted())
+            try:
+                infos = query_jobs(self._submitted())
+                self._unanswered_since = None
+            except CofeError:
+                # A busy controller misses a poll now and then: keep the last known states for a while.
+                self._unanswered_since = self._unanswered_since or now
+                if now - self._unanswered_since > CONTROLLER_PATIENCE:
+                    raise
+                infos = {}
             for job in self._jobs.values():
                 if job.job_id:
-                    job.info = infos.get(job.job_id, job.info)
+                    before, job.info = job.info, infos.get(job.job_id, job.info)
+                    if job.info and (before is None or (before.state, before.reason) != (job.info.state, job.info.reason)):
+                        if job.info.state == "RUNNING":
+                            self._say(f"{job.name}: job {job.job_id} running on {job.info.node}")
+                        elif job.info.state == "PENDING" and job.info.reason not in ("None", ""):
+                            self._say(f"{job.name}: job {job.job_id} pending ({job.info.reason})")
             aggregator = self._jobs[AGGREGATOR].info
             pending = [j for j in self._jobs.values() if j.job_id is None]
             if pending and aggregator and aggregator.state == "RUNNING" and aggregator.node:
