@@ -10,6 +10,7 @@
 # cluster's state folder (a node drained by an earlier run would otherwise stay drained) and
 # restarts the daemons. Nodes n1..nN are all this host (NodeAddr=127.0.0.1, one slurmd port each).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # the daemons live there; a CI shell's PATH may lack them
 
 DIR=${COFE_SLURM_DIR:-/var/lib/cofe-slurm}
 NODES=${COFE_SLURM_NODES:-4}
