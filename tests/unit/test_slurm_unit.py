@@ -216,16 +216,3 @@ def test_status_and_stop_without_jobs_say_how_to_start(tmp_path):
         done = _cli(command, "--dir", str(layout.root))
         assert done.returncode == 2 and "no Slurm jobs recorded" in done.stderr, done.stderr
 
-
-def test_stop_cancels_the_recorded_jobs(tmp_path, fake_slurm):
-    layout = _federation(tmp_path / "fed")
-    slurm.write_jobs(layout, {"aggregator": "7", "site_a": "8"})
-    cancelled = tmp_path / "cancelled"
-    _fake_tool(fake_slurm, "scancel", f'echo "$@" >> {cancelled}')
-    # RUNNING until scancel ran, then gone from squeue and CANCELLED in scontrol
-    _fake_tool(fake_slurm, "squeue", f'[ -e {cancelled} ] || printf "7|RUNNING|n1|None\\n8|PENDING||Priority\\n"')
-    _fake_tool(fake_slurm, "scontrol", 'echo "JobId=$4 JobState=CANCELLED Reason=None ExitCode=0:15 NodeList=n1"')
-    done = _cli("stop", "--dir", str(layout.root))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert cancelled.read_text().split() == ["7", "8"]
-    assert "No job of the federation" in done.stdout
