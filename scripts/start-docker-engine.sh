@@ -19,15 +19,7 @@ engine() { docker -H "$SOCKET" "$@"; }
 
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
     say "installing docker.io and debootstrap from Debian"
-    apt-get update -qq >&2
-    # The package's post-install would start a system daemon of its own: forbid it for the install
-    # (unless the machine already has a policy of its own, which is left alone).
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >&2
+    bash "$(dirname "$0")/apt-install-without-services.sh" docker.io debootstrap
 fi
 
 mkdir -p "$ENGINE_DIR"

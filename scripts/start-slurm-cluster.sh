@@ -45,15 +45,7 @@ fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
         || ! command -v munged >/dev/null; then
     say "installing slurmctld, slurmd, slurm-client and munge from Debian"
-    apt-get update -qq >&2
-    # The packages' post-install would start system daemons of their own: forbid it for the install
-    # (unless the machine already has a policy of its own, which is left alone).
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >&2
+    bash "$(dirname "$0")/apt-install-without-services.sh" slurmctld slurmd slurm-client munge
 fi
 
 # munge: slurm's authentication. One daemon for the machine; reuse it if it answers.
