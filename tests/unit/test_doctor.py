@@ -15,26 +15,20 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from unit_federation import gandlf_config, write_federation
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from cofe_cli.commands import doctor
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.pki import CertificateAuthority
 from cofe_cli.pki.workspace_certs import certify_locally
-from cofe_cli.plan.builder import PlanOptions, build_plan, dump_yaml, plan_hash
-from cofe_cli.plan.workspaces import CollaboratorData, build_federation
+from cofe_cli.plan.workspaces import CollaboratorData
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
-GANDLF_CONFIG = {
-    "model": {"architecture": "resunet", "dimension": 3, "final_layer": "sigmoid", "class_list": [0, 1],
-              "num_channels": 1, "base_filters": 4},
-    "patch_size": [16, 16, 16],
-    "loss_function": "dc",
-    "metrics": ["dice"],
-}
+GANDLF_CONFIG = gandlf_config(channels=1)
 
 
 # ---------------------------------------------------------------- helpers
@@ -380,16 +374,10 @@ def _closed_port() -> int:
 
 
 def _federation(root: Path, port: int, versions: dict) -> FederationLayout:
-    plan_yaml = dump_yaml(build_plan(GANDLF_CONFIG, PlanOptions(rounds=1, aggregator_address="127.0.0.1",
-                                                                aggregator_port=port)))
-    manifest = Manifest(name="doctor-fed", collaborators=("hospital_a", "hospital_b"), rounds=1,
-                        aggregator_address="127.0.0.1", aggregator_port=port, algorithm="fedavg",
-                        plan_sha384=plan_hash(plan_yaml), versions=versions)
-    layout = FederationLayout(root)
-    data = _data_folder(root.parent / "data")
-    build_federation(layout, plan_yaml, GANDLF_CONFIG, manifest,
-                     [CollaboratorData("hospital_a", data), CollaboratorData("hospital_b", None)])
-    certify_locally(layout, manifest)
+    layout = write_federation(root, config=GANDLF_CONFIG, address="127.0.0.1", port=port, rounds=1, name="doctor-fed",
+                              versions=versions, collaborators=[CollaboratorData("hospital_a", _data_folder(root.parent / "data")),
+                                                                CollaboratorData("hospital_b", None)])
+    certify_locally(layout, layout.load_manifest())
     return layout
 
 

@@ -1,0 +1,32 @@
+"""A federation on disk as `cofe init` leaves it (plans/ and the workspaces), made without torch:
+no GaNDLF check and no init.pbuf. Shared by the unit tests of kits, requests and doctor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cofe_cli.federation import FederationLayout, Manifest
+from cofe_cli.plan.builder import PlanOptions, build_plan, dump_yaml, plan_hash
+from cofe_cli.plan.workspaces import CollaboratorData, build_federation
+
+
+def gandlf_config(channels: int = 1) -> dict:
+    return {
+        "model": {"architecture": "resunet", "dimension": 3, "final_layer": "sigmoid", "class_list": [0, 1],
+                  "num_channels": channels, "base_filters": 4},
+        "patch_size": [16, 16, 16],
+        "loss_function": "dc",
+        "metrics": ["dice"],
+    }
+
+
+def write_federation(root: Path, *, config: dict, address: str, port: int = 50051, rounds: int = 2,
+                     collaborators: list[CollaboratorData], name: str = "unit-fed",
+                     versions: dict | None = None) -> FederationLayout:
+    plan_yaml = dump_yaml(build_plan(config, PlanOptions(rounds=rounds, aggregator_address=address, aggregator_port=port)))
+    manifest = Manifest(name=name, collaborators=tuple(c.name for c in collaborators), rounds=rounds,
+                        aggregator_address=address, aggregator_port=port, algorithm="fedavg",
+                        plan_sha384=plan_hash(plan_yaml), versions=versions or {"cofe": "test"})
+    layout = FederationLayout(root)
+    build_federation(layout, plan_yaml, config, manifest, collaborators)
+    return layout
