@@ -192,6 +192,7 @@ def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.
         extra = _KIND_HINTS.get(kind)
         hint = f"{TRAINING_HINT}; {extra}" if extra else TRAINING_HINT
         raise CofeError(f"{kind} config, not a training config", hint=hint)
+    _refuse_unapplied_privacy(cfg)
     result = copy.deepcopy(cfg)
     notes: list[str] = []
     model = result["model"]
@@ -218,6 +219,20 @@ def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.
     _clear_parallel_compute_command(result, notes)
     _replace_null_sections(result, notes)
     return result, notes
+
+
+def _refuse_unapplied_privacy(cfg: dict) -> None:
+    # OpenFL's GaNDLF task runner calls GaNDLF's train_network directly; Opacus is only wired in by
+    # GaNDLF's own training_loop, so a federation would train with no clipping and no noise while the
+    # config says it is private. A privacy setting that silently does nothing is refused instead.
+    privacy = cfg.get("differential_privacy")
+    if privacy in (None, False, {}, ""):
+        return
+    raise CofeError(
+        "the GaNDLF config asks for differential_privacy, which cofe cannot apply in a federation yet "
+        "(OpenFL's GaNDLF runner would train without clipping or noise)",
+        hint="remove the differential_privacy section to train without DP; nothing was written",
+    )
 
 
 def _require_top_level_keys(cfg: dict) -> None:
