@@ -25,7 +25,8 @@ _DIR = typer.Option(Path("."), "--dir", "-d", help="Federation (or site) directo
 _CONTAINER = typer.Option(False, "--container", help="Run it in a container of cofe's image (see `cofe image build`).")
 _IMAGE = typer.Option(None, "--image", help="With --container: the image to run (default: cofe:VERSION).")
 # State an aggregator keeps between starts; cleared by --restart.
-AGGREGATOR_STATE = ("local_state", "save/best.pbuf", "save/last.pbuf", "save/best.pt", "save/last.pt", "logs/events.jsonl")
+AGGREGATOR_STATE = ("local_state", "save/best.pbuf", "save/last.pbuf", "save/best.pt", "save/last.pt", "save/gandlf_model",
+                    "logs/events.jsonl")
 
 
 def clear_aggregator_state(layout: FederationLayout) -> None:

@@ -125,18 +125,30 @@ def _revocation_checking_server(plan):
 
 
 def export_native_models(plan) -> None:
-    """Also keep best/last as PyTorch checkpoints that GaNDLF and plain torch can load."""
+    """Also keep best/last as PyTorch checkpoints that plain torch loads, and both as a GaNDLF model
+    directory (save/gandlf_model) that GaNDLF's own `gandlf run --infer` loads."""
+    import copy
+
     from openfl.protocols import utils
     from openfl.utilities.dataloading import initialize_minimal_dataloader
 
+    from cofe_cli.engine.gandlf_model import MODEL_DIR, write_model_dir
+
     settings = plan.config["aggregator"]["settings"]
     task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
-    for key in ("best_state_path", "last_state_path"):
+    models = {}
+    for kind, key in (("best", "best_state_path"), ("final", "last_state_path")):
         state = Path(settings[key])
         if state.is_file():
             tensor_dict, _ = utils.deconstruct_model_proto(utils.load_proto(str(state)), plan.get_tensor_pipe())
             task_runner.set_tensor_dict(tensor_dict, with_opt_vars=False)
             task_runner.save_native(str(state.with_suffix(".pt")))
+            models[kind] = copy.deepcopy({"model_state_dict": task_runner.model.state_dict(),
+                                          "optimizer_state_dict": task_runner.optimizer.state_dict()})
+    if models:
+        write_model_dir(Path(settings["last_state_path"]).parent / MODEL_DIR, models=models,
+                        gandlf_config=plan.config["task_runner"]["settings"]["gandlf_config"],
+                        rounds=int(settings["rounds_to_train"]))
 
 
 def run_collaborator(workspace: Path, name: str, device: str | None = None) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from rich.table import Table
 
 from cofe_cli.federation import AGGREGATOR, FederationLayout
-from cofe_cli.fsutil import atomic_write_text
+from cofe_cli.engine.gandlf_model import MODEL_DIR
+from cofe_cli.fsutil import atomic_write_text, staged_dir
 from cofe_cli.launch.progress import SHORT_TASK, FederationProgress, headline_metric
 
 METRICS_FILE = "metrics.csv"
@@ -31,6 +32,9 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
     for source, target in MODELS.items():
         if (save / source).is_file():
             shutil.copyfile(save / source, results / target)
+    if (save / MODEL_DIR).is_dir():
+        with staged_dir(results / MODEL_DIR) as stage:
+            shutil.copytree(save / MODEL_DIR, stage, dirs_exist_ok=True)
     summary = {
         "rounds": progress.rounds,
         "collaborators": list(progress.manifest.collaborators),
