@@ -11,9 +11,13 @@ and the GaNDLF config the federation trained with.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import hashlib
+import os
+import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -54,9 +58,12 @@ def checkpoint(model_state: dict, optimizer_state: dict, *, rounds: int, paramet
     }
 
 
-def write_model_dir(target: Path, *, gandlf_config: dict, models: dict[str, dict], rounds: int) -> Path:
-    """`models` maps "best"/"final" to {model_state_dict, optimizer_state_dict}; written to a staging
-    folder that replaces `target` whole, so a crash never leaves half a model directory."""
+def write_model_dir(target: Path, *, gandlf_config: dict, parameters: dict, models: dict[str, dict],
+                    rounds: int) -> Path:
+    """`models` maps "best"/"final" to {model_state_dict, optimizer_state_dict}; `parameters` are the
+    config as GaNDLF parsed it (what GaNDLF's own save_model stores, and what its ONNX export reads).
+    Written to a staging folder that replaces `target` whole, so a crash never leaves half a model
+    directory."""
     import torch
 
     config = inference_config(gandlf_config)
@@ -67,5 +74,38 @@ def write_model_dir(target: Path, *, gandlf_config: dict, models: dict[str, dict
             if kind in models:
                 state = models[kind]
                 torch.save(checkpoint(state["model_state_dict"], state["optimizer_state_dict"], rounds=rounds,
-                                      parameters=config), stage / f"{architecture}{suffix}")
+                                      parameters=inference_config(parameters)), stage / f"{architecture}{suffix}")
     return target
+
+
+def export_onnx(checkpoint_file: Path, config_file: Path, out_dir: Path) -> Path:
+    """ONNX through GaNDLF's own library function (its `optimize-model` CLI crashes in 0.1.5)."""
+    from GANDLF.cli.post_training_model_optimization import post_training_model_optimization
+
+    from cofe_cli.engine.participant import quiet
+    from cofe_cli.errors import CofeError
+
+    target = Path(out_dir) / Path(checkpoint_file).name.replace(".pth.tar", ".onnx")
+    with quiet(), _silenced_stdout_fd(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.onnx's notes on experimental converters, not the user's concern
+        post_training_model_optimization(str(checkpoint_file), str(config_file), str(out_dir))
+    if not target.is_file():
+        raise CofeError(f"GaNDLF could not export {Path(checkpoint_file).name} to ONNX (its architecture has no ONNX export)",
+                        hint="leave out --onnx")
+    return target
+
+
+@contextlib.contextmanager
+def _silenced_stdout_fd():
+    """GaNDLF exports with torch.onnx's verbose=True, which prints the whole graph from C++ straight
+    to file descriptor 1, past Python's sys.stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

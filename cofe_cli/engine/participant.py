@@ -148,7 +148,7 @@ def export_native_models(plan) -> None:
     if models:
         write_model_dir(Path(settings["last_state_path"]).parent / MODEL_DIR, models=models,
                         gandlf_config=plan.config["task_runner"]["settings"]["gandlf_config"],
-                        rounds=int(settings["rounds_to_train"]))
+                        parameters=task_runner.params, rounds=int(settings["rounds_to_train"]))
 
 
 def run_collaborator(workspace: Path, name: str, device: str | None = None) -> None:

@@ -1,7 +1,10 @@
-"""The trained model leaves the federation: GaNDLF's own `gandlf run --infer` loads results/gandlf_model."""
+"""The trained model leaves the federation: GaNDLF's own `gandlf run --infer` loads results/gandlf_model,
+and `cofe export model --format hf` packages it for the Hub with its provenance and nothing else."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -16,19 +19,25 @@ from federation_helpers import cofe, collaborator_args, free_port
 pytestmark = pytest.mark.federation
 
 
-def test_gandlf_inference_loads_the_federation_model(tmp_path, site_data, fast_config):
-    fed = tmp_path / "fed"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, site_data, fast_config) -> Path:
+    fed = tmp_path_factory.mktemp("model-out") / "fed"
     cofe("run", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(site_data), "--rounds", 1,
          "--port", free_port(), "--timeout", 600, check=True)
-    model_dir = fed / "results" / "gandlf_model"
+    return fed
+
+
+def test_gandlf_inference_loads_the_federation_model(trained, tmp_path, site_data):
+    model_dir = tmp_path / "gandlf_model"  # a copy: GaNDLF writes its masks below the model directory
+    subprocess.run(["cp", "-r", str(trained / "results" / "gandlf_model"), str(model_dir)], check=True)
     config = yaml.safe_load((model_dir / "config.yaml").read_text())
     architecture = config["model"]["architecture"]
     assert "output_dir" not in config  # else GaNDLF writes predictions there instead of to -o
     for name in (f"{architecture}_best.pth.tar", f"{architecture}_latest.pth.tar"):
         saved = torch.load(model_dir / name, map_location="cpu", weights_only=False)
         assert {"epoch", "model_state_dict", "optimizer_state_dict", "loss", "timestamp", "timestamp_hash",
-                "git_hash", "version"} <= set(saved)
-    final = torch.load(fed / "results" / "final_model.pt", map_location="cpu", weights_only=True)
+                "git_hash", "version", "parameters"} <= set(saved)
+    final = torch.load(trained / "results" / "final_model.pt", map_location="cpu", weights_only=True)
     latest = torch.load(model_dir / f"{architecture}_latest.pth.tar", map_location="cpu", weights_only=False)
     for key, tensor in final["model_state_dict"].items():
         assert torch.equal(tensor, latest["model_state_dict"][key]), key
@@ -47,3 +56,40 @@ def test_gandlf_inference_loads_the_federation_model(tmp_path, site_data, fast_c
     masks = sorted((model_dir / "output_inference").rglob("*_seg*.nii.gz"))
     predicted = {subject for subject in subjects for mask in masks if mask.name.startswith(f"{subject}_seg")}
     assert predicted == set(subjects), (masks, sorted(out.rglob("*")), result.stdout[-2000:])
+
+
+def test_hub_package_carries_provenance_and_nothing_private(trained, tmp_path, site_data):
+    import onnx
+
+    package = tmp_path / "package"
+    result = cofe("export", "model", "--dir", trained, "--format", "hf", "--out", package, "--onnx", check=True)
+    assert "graph" not in result.stdout  # torch.onnx's verbose graph dump stays out of the user's terminal
+    manifest = yaml.safe_load((trained / "plans" / "federation.yaml").read_text())
+    architecture = yaml.safe_load((package / "config.yaml").read_text())["model"]["architecture"]
+    assert sorted(p.name for p in package.iterdir()) == sorted([
+        "README.md", "cofe_provenance.json", "config.yaml", f"{architecture}_best.onnx",
+        f"{architecture}_best.pth.tar", f"{architecture}_latest.pth.tar"])
+    onnx.checker.check_model(str(package / f"{architecture}_best.onnx"))
+
+    card = (package / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: GaNDLF\n")
+    assert manifest["plan_sha384"] in card and "rounds: 1" in card and "aggregation: fedavg" in card
+    assert f"sites: {len(site_data)}" in card and "privacy:" in card
+    assert all(f"{k} {v}" in card for k, v in manifest["versions"].items())
+    with (trained / "results" / "metrics.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r["task"] == "aggregated_model_validation"
+                and r["collaborator"] == "aggregator" and r["metric"] == "valid_dice"]
+    assert f"| **weighted mean** | valid_dice | {float(rows[-1]['value']):.4f} |" in card
+    assert not any(site in card for site in site_data)  # numbered unless --name-sites
+    assert json.loads((package / "cofe_provenance.json").read_text())["plan_sha384"] == manifest["plan_sha384"]
+
+    # Nothing private: no key, certificate, CSV, image or path to a site's data, in any file.
+    data_roots = [str(folder) for folder in site_data.values()]
+    for path in package.rglob("*"):
+        assert path.suffix not in (".csv", ".pem", ".crt", ".key", ".nii", ".gz"), path
+        content = path.read_bytes()
+        for secret in (b"PRIVATE KEY", b"BEGIN CERTIFICATE", *(root.encode() for root in data_roots)):
+            assert secret not in content, (path, secret)
+
+    named = cofe("export", "model", "--dir", trained, "--out", tmp_path / "named", "--name-sites", check=True)
+    assert named.returncode == 0 and all(site in (tmp_path / "named" / "README.md").read_text() for site in site_data)
