@@ -5,6 +5,8 @@ outside the repository.
 COFE_TEST_GANDLF_SAMPLES may name another folder laid out the same way (samples/, testing/): `.ci/run`
 points it at a copy of GaNDLF's upstream samples when one is at hand, so that a new upstream sample of an
 unknown kind fails a test there. The test command never sets it.
+
+Tests import it as `gandlf_samples`: pytest puts tests/ (the folder of tests/conftest.py) on sys.path.
 """
 
 from __future__ import annotations
