@@ -14,28 +14,12 @@ from cofe_cli.errors import CofeError
 from cofe_cli.plan.gandlf_config import (
     SUPPORTED_ARCHITECTURES,
     SUPPORTED_FINAL_LAYERS,
-    config_kind,
     load_gandlf_yaml,
     normalise_gandlf_config,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# The shared folder sits beside the repository folder.
-SAMPLES_ROOT = REPO_ROOT.parent / "shared" / "gandlf-samples"
-SAMPLE_FOLDERS = ("samples", "testing")
+from gandlf_samples import SAMPLES_ROOT, is_training_sample, sample_params
 
 INSTALLED_GANDLF = metadata.version("GANDLF")
-
-
-def sample_params() -> list:
-    """One pytest param per sample file (id: folder/name); a single skipped param if the folder is absent."""
-    if not SAMPLES_ROOT.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"GaNDLF sample configs not found at {SAMPLES_ROOT}"))]
-    return [
-        pytest.param(path, id=f"{folder}/{path.name}")
-        for folder in SAMPLE_FOLDERS
-        for path in sorted((SAMPLES_ROOT / folder).glob("*.yaml"))
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +29,10 @@ def validate_with_gandlf():
     return validate_with_gandlf
 
 
-@pytest.mark.parametrize("path", sample_params())
+# Only training samples: cofe refuses the others before GaNDLF sees them (tests/unit covers that).
+@pytest.mark.parametrize("path", sample_params(is_training_sample))
 def test_normalised_training_sample_passes_gandlf(path: Path, validate_with_gandlf) -> None:
-    cfg = load_gandlf_yaml(path)
-    kind = config_kind(cfg)
-    if kind != "training":
-        pytest.skip(f"{kind} config: refused before GaNDLF sees it (tests/unit covers that)")
-    normalised = normalise_gandlf_config(cfg, gandlf_version=INSTALLED_GANDLF)
+    normalised = normalise_gandlf_config(load_gandlf_yaml(path), gandlf_version=INSTALLED_GANDLF)
 
     parameters = validate_with_gandlf(normalised)
 
@@ -66,8 +47,6 @@ def test_normalised_training_sample_passes_gandlf(path: Path, validate_with_gand
 def test_unnormalised_sample_is_rejected_with_the_reason(validate_with_gandlf) -> None:
     # The premise of the normaliser: GaNDLF 0.1.5 refuses its own samples' 0.1.6-dev pin.
     path = SAMPLES_ROOT / "testing" / "config_segmentation.yaml"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
     with pytest.raises(CofeError, match=r"^GaNDLF rejected the config: version") as rejected:
         validate_with_gandlf(load_gandlf_yaml(path))
     assert rejected.value.hint
@@ -88,8 +67,6 @@ def test_gandlf_rejection_becomes_a_cofe_error(validate_with_gandlf) -> None:
 
 def test_validation_leaves_its_input_and_home_alone(validate_with_gandlf, tmp_path, monkeypatch) -> None:
     path = SAMPLES_ROOT / "samples" / "config_all_options.yaml"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
     normalised = normalise_gandlf_config(load_gandlf_yaml(path), gandlf_version=INSTALLED_GANDLF)
     before = repr(normalised)
     monkeypatch.setenv("HOME", str(tmp_path))

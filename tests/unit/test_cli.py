@@ -18,8 +18,8 @@ import yaml
 
 import cofe_cli
 from cofe_cli.federation import Manifest
+from gandlf_samples import IN_REPO_CONFIGS
 
-SAMPLES_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "gandlf-samples"
 HEAVY = ("torch", "GANDLF", "openfl")
 TIMEOUT_S = 60
 FAST_S = 10  # each bad-input case is refused in well under 3 s; this only catches a heavy import
@@ -73,12 +73,6 @@ def assert_refused(result: Result, message: str) -> None:
 # ---------------------------------------------------------------- inputs
 
 
-def need_samples() -> Path:
-    if not SAMPLES_ROOT.is_dir():
-        pytest.skip(f"GaNDLF sample configs not found at {SAMPLES_ROOT}")
-    return SAMPLES_ROOT
-
-
 def write_config(path: Path, **model_changes) -> Path:
     config = {
         "model": {"architecture": "resunet", "dimension": 3, "final_layer": "sigmoid", "class_list": [0, 1],
@@ -117,11 +111,11 @@ def bad_yaml(tmp: Path) -> Path:
 
 
 def anonymizer_sample(tmp: Path) -> Path:
-    return need_samples() / "samples" / "config_anonymizer.yaml"
+    return IN_REPO_CONFIGS / "samples" / "config_anonymizer.yaml"
 
 
 def bogus_architecture(tmp: Path) -> Path:
-    config = yaml.safe_load((need_samples() / "samples" / "config_getting_started_segmentation_rad3d.yaml").read_text())
+    config = yaml.safe_load((IN_REPO_CONFIGS / "samples" / "config_getting_started_segmentation_rad3d.yaml").read_text())
     config["model"]["architecture"] = "unetplusplusplus"
     path = tmp / "bogus.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -13,17 +13,17 @@ import yaml
 from cofe_cli.errors import CofeError
 from cofe_cli.plan.gandlf_config import (
     CHANNEL_COUNT_ALIASES,
+    GANDLF_DEFAULT_QUEUE_MAX_LENGTH,
+    GANDLF_DEFAULT_QUEUE_SAMPLES_PER_VOLUME,
     SUPPORTED_ARCHITECTURES,
     config_kind,
     load_gandlf_yaml,
     normalise_gandlf_config,
     normalise_gandlf_config_with_notes,
 )
+from gandlf_samples import IN_REPO_CONFIGS, SAMPLES_ROOT, sample_name, sample_params, sample_paths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The shared folder sits beside the repository folder.
-SAMPLES_ROOT = REPO_ROOT.parent / "shared" / "gandlf-samples"
-SAMPLE_FOLDERS = ("samples", "testing")
 
 # What each non-training sample is; every other sample file is expected to be a training config,
 # so a new sample of an unknown kind fails a test here instead of passing unnoticed.
@@ -38,21 +38,10 @@ NON_TRAINING_SAMPLES = {
 INSTALLED = "0.1.5"
 
 
-def sample_params(*, training: bool | None = None) -> list:
-    """One pytest param per sample file (id: folder/name); a single skipped param if the folder is absent."""
-    if not SAMPLES_ROOT.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"GaNDLF sample configs not found at {SAMPLES_ROOT}"))]
-    params = []
-    for folder in SAMPLE_FOLDERS:
-        for path in sorted((SAMPLES_ROOT / folder).glob("*.yaml")):
-            name = f"{folder}/{path.name}"
-            if training is None or training == (name not in NON_TRAINING_SAMPLES):
-                params.append(pytest.param(path, id=name))
-    return params
-
-
-def sample_name(path: Path) -> str:
-    return f"{path.parent.name}/{path.name}"
+def sample_params_of(*, training: bool | None = None) -> list:
+    """One pytest param per sample file (id: folder/name), training ones or the others by NON_TRAINING_SAMPLES."""
+    return sample_params(
+        lambda path: training is None or training == (sample_name(path) not in NON_TRAINING_SAMPLES))
 
 
 def minimal_training_config() -> dict:
@@ -69,13 +58,13 @@ def minimal_training_config() -> dict:
 # ---------------------------------------------------------------- every sample file
 
 
-@pytest.mark.parametrize("path", sample_params())
+@pytest.mark.parametrize("path", sample_params_of())
 def test_every_sample_loads_and_has_its_expected_kind(path: Path) -> None:
     cfg = load_gandlf_yaml(path)
     assert config_kind(cfg) == NON_TRAINING_SAMPLES.get(sample_name(path), "training")
 
 
-@pytest.mark.parametrize("path", sample_params(training=True))
+@pytest.mark.parametrize("path", sample_params_of(training=True))
 def test_training_sample_normalises_with_the_fixed_fields(path: Path) -> None:
     cfg = load_gandlf_yaml(path)
     untouched = copy.deepcopy(cfg)
@@ -103,7 +92,7 @@ def test_training_sample_normalises_with_the_fixed_fields(path: Path) -> None:
     assert yaml.safe_load(yaml.safe_dump(result)) == result
 
 
-@pytest.mark.parametrize("path", sample_params(training=False))
+@pytest.mark.parametrize("path", sample_params_of(training=False))
 def test_non_training_sample_is_refused_naming_its_kind(path: Path) -> None:
     kind = NON_TRAINING_SAMPLES[sample_name(path)]
     with pytest.raises(CofeError) as refused:
@@ -113,10 +102,66 @@ def test_non_training_sample_is_refused_naming_its_kind(path: Path) -> None:
 
 
 def test_samples_cover_every_kind_listed() -> None:
-    if not SAMPLES_ROOT.is_dir():
-        pytest.skip(f"GaNDLF sample configs not found at {SAMPLES_ROOT}")
-    present = {f"{folder}/{path.name}" for folder in SAMPLE_FOLDERS for path in (SAMPLES_ROOT / folder).glob("*.yaml")}
+    present = {sample_name(path) for path in sample_paths(SAMPLES_ROOT)}
     assert set(NON_TRAINING_SAMPLES) <= present
+
+
+# What each quirk cofe normalises looks like in a raw config (name, cfg); at least one in-repo config
+# must show each, so that the sample tests here, in test_plan_builder.py and GaNDLF's own check in
+# tests/integration/test_gandlf_samples_validate.py exercise every one of them as real configs carry it.
+SAMPLE_VERSION_PIN = {"minimum": "0.1.6-dev", "maximum": "0.1.6-dev"}
+TRAINING_CONFIG_QUIRKS = {
+    "version pinned to 0.1.6-dev": lambda name, cfg: cfg.get("version") == SAMPLE_VERSION_PIN,
+    "version pinned to another release": lambda name, cfg: cfg.get("version") not in (None, SAMPLE_VERSION_PIN),
+    "no version": lambda name, cfg: "version" not in cfg,
+    **{
+        f"channel count as `{alias}`": (lambda alias: lambda name, cfg: alias in cfg["model"])(alias)
+        for alias in CHANNEL_COUNT_ALIASES
+    },
+    "no channel count": lambda name, cfg: not set(CHANNEL_COUNT_ALIASES) & cfg["model"].keys(),
+    "class_list as a `||` string": lambda name, cfg: "||" in str(cfg["model"].get("class_list", "")),
+    "class_list as a `*range` string": lambda name, cfg: "*range" in str(cfg["model"].get("class_list", "")),
+    "scalar patch_size in 2D": lambda name, cfg: isinstance(cfg["patch_size"], int) and cfg["model"]["dimension"] == 2,
+    "scalar patch_size in 3D": lambda name, cfg: isinstance(cfg["patch_size"], int) and cfg["model"]["dimension"] == 3,
+    "clip_mode: null": lambda name, cfg: "clip_mode" in cfg and cfg["clip_mode"] is None,
+    "no modality, radiology": lambda name, cfg: "modality" not in cfg and normalised_modality(cfg) == "rad",
+    "no modality, histology slide markers": lambda name, cfg: "modality" not in cfg and normalised_modality(cfg) == "histo",
+    "no output_dir": lambda name, cfg: "output_dir" not in cfg,
+    "q_max_length below q_samples_per_volume (torchio crashes)": lambda name, cfg: (
+        cfg.get("q_max_length", GANDLF_DEFAULT_QUEUE_MAX_LENGTH)
+        < cfg.get("q_samples_per_volume", GANDLF_DEFAULT_QUEUE_SAMPLES_PER_VOLUME)
+    ),
+    "an HPC parallel_compute_command": lambda name, cfg: bool(cfg.get("parallel_compute_command")),
+    "nested_training: null": lambda name, cfg: "nested_training" in cfg and cfg["nested_training"] is None,
+    "nested_training.testing above 10": lambda name, cfg: (cfg.get("nested_training") or {}).get("testing", 0) > 10,
+    "final_layer with capitals (not GaNDLF's own 'None')": lambda name, cfg: (
+        cfg["model"].get("final_layer") not in (None, "None")
+        and cfg["model"]["final_layer"] != cfg["model"]["final_layer"].lower()
+    ),
+    "2D": lambda name, cfg: cfg["model"].get("dimension") == 2,
+    "3D": lambda name, cfg: cfg["model"].get("dimension") == 3,
+    "classification": lambda name, cfg: "classification" in name,
+    "regression": lambda name, cfg: "regression" in name,
+    "segmentation": lambda name, cfg: "segmentation" in name,
+}
+
+
+def normalised_modality(cfg: dict) -> str:
+    return normalise_gandlf_config(cfg, gandlf_version=INSTALLED)["modality"]
+
+
+def test_in_repo_configs_cover_every_quirk() -> None:
+    configs = {sample_name(path): load_gandlf_yaml(path) for path in sample_paths(IN_REPO_CONFIGS)}
+    training = {name: cfg for name, cfg in configs.items() if config_kind(cfg) == "training"}
+
+    missing = [quirk for quirk, shows in TRAINING_CONFIG_QUIRKS.items()
+               if not any(shows(name, cfg) for name, cfg in training.items())]
+
+    assert not missing, f"no in-repo training config has: {'; '.join(missing)}"
+    kinds = {config_kind(cfg) for cfg in configs.values()}
+    assert kinds == {"training", *NON_TRAINING_SAMPLES.values()}
+    metrics_only = [name for name, cfg in configs.items() if config_kind(cfg) == "metrics-only"]
+    assert any("!Panoptica_Evaluator" in (IN_REPO_CONFIGS / name).read_text() for name in metrics_only)
 
 
 # ---------------------------------------------------------------- loading

@@ -22,7 +22,7 @@ from cofe_cli.plan.builder import (
     render_cols,
     render_data_config,
 )
-from cofe_cli.plan.gandlf_config import config_kind, load_gandlf_yaml, normalise_gandlf_config
+from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config
 from cofe_cli.plan.workspaces import (
     COLS_FILE,
     GANDLF_FILE,
@@ -32,10 +32,8 @@ from cofe_cli.plan.workspaces import (
     collaborator_data_folder,
     set_collaborator_data,
 )
+from gandlf_samples import is_training_sample, sample_params
 
-# The shared folder sits beside the repository folder.
-SAMPLES_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "gandlf-samples"
-SAMPLE_FOLDERS = ("samples", "testing")
 GANDLF_VERSION = "0.1.5"
 
 # What each algorithm must put into the plan, written out independently of builder.ALGORITHMS:
@@ -49,19 +47,8 @@ EXPECTED_AGGREGATION = {
 TASK_NAMES = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
 
 
-def _sample_params(training: bool) -> list:
-    if not SAMPLES_ROOT.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"GaNDLF sample configs not found at {SAMPLES_ROOT}"))]
-    params = []
-    for folder in SAMPLE_FOLDERS:
-        for path in sorted((SAMPLES_ROOT / folder).glob("*.yaml")):
-            if (config_kind(load_gandlf_yaml(path)) == "training") == training:
-                params.append(pytest.param(path, id=f"{folder}/{path.name}"))
-    return params
-
-
-TRAINING_SAMPLES = _sample_params(training=True)
-OTHER_SAMPLES = _sample_params(training=False)
+TRAINING_SAMPLES = sample_params(is_training_sample)
+OTHER_SAMPLES = sample_params(lambda path: not is_training_sample(path))
 
 
 def minimal_config() -> dict:
@@ -92,8 +79,6 @@ def all_keys(data) -> set:
 
 
 def test_the_sample_lists_are_not_empty() -> None:
-    if not SAMPLES_ROOT.is_dir():
-        pytest.skip(f"GaNDLF sample configs not found at {SAMPLES_ROOT}")
     assert len(TRAINING_SAMPLES) >= 10 and len(OTHER_SAMPLES) >= 3
 
 
