@@ -151,6 +151,45 @@ def export_native_models(plan) -> None:
                         parameters=task_runner.params, rounds=int(settings["rounds_to_train"]))
 
 
+def write_evaluated_model(workspace: Path, source: Path, output: Path) -> None:
+    """The model to evaluate as an initial model (.pbuf) of this federation's plan: an OpenFL model
+    (.pbuf) or a PyTorch/GaNDLF checkpoint (.pt, .pth.tar). A model of another architecture or class
+    list is refused, not evaluated."""
+    import torch
+    from openfl.protocols import utils
+    from openfl.utilities.dataloading import initialize_minimal_dataloader
+    from openfl.utilities.split import split_tensor_dict_for_holdouts
+
+    source = Path(source).resolve()
+    hint = "give --model best, final, or a model file this federation (or GaNDLF with its config) wrote"
+    with _in_directory(workspace):
+        plan = _parse_plan(with_data=False)
+        task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
+        expected, _ = split_tensor_dict_for_holdouts(task_runner.get_tensor_dict(False),
+                                                     **task_runner.tensor_dict_split_fn_kwargs)
+        try:
+            if source.suffix == ".pbuf":
+                tensor_dict, _ = utils.deconstruct_model_proto(utils.load_proto(str(source)), plan.get_tensor_pipe())
+            else:
+                state = torch.load(source, map_location="cpu", weights_only=False)
+                task_runner.model.load_state_dict(state.get("model_state_dict", state) if isinstance(state, dict) else state)
+                tensor_dict, _ = split_tensor_dict_for_holdouts(task_runner.get_tensor_dict(False),
+                                                                **task_runner.tensor_dict_split_fn_kwargs)
+        except Exception as exc:  # protobuf, pickle and state-dict errors alike: not a model of this plan
+            raise CofeError(f"{source} is not a model of this federation's plan ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})", hint=hint) from None
+        mismatched = sorted(name for name, tensor in expected.items()
+                            if name not in tensor_dict or tuple(tensor_dict[name].shape) != tuple(tensor.shape))
+        if mismatched:
+            raise CofeError(f"{source} is not a model of this federation's plan ({len(mismatched)} tensor(s) differ, "
+                            f"e.g. {mismatched[0]})", hint=hint)
+        output = Path(output).resolve()
+        partial = output.with_name(f".{output.name}.partial")
+        plan.save_model_to_state_file(tensor_dict={name: tensor_dict[name] for name in expected}, round_number=0,
+                                      output_path=str(partial))
+        os.replace(partial, output)
+
+
 def run_collaborator(workspace: Path, name: str, device: str | None = None) -> None:
     with _in_directory(workspace):
         plan = _parse_plan()

@@ -103,3 +103,49 @@ def _plot(path: Path, progress: FederationProgress) -> None:
     fig.savefig(partial, dpi=110)
     plt.close(fig)
     partial.replace(path)
+
+
+EVALUATION_FILE = "evaluation.csv"
+WEIGHTED_MEAN = "weighted mean"
+
+
+def evaluation_rows(progress: FederationProgress, sites, *, model: str, plan_sha384: str) -> list[dict]:
+    """One row per site and metric of the evaluation round, then OpenFL's mean weighted by subjects."""
+    rows = []
+    subjects = {site.name: site.subjects for site in sites}
+    for record in sorted(progress.records, key=lambda r: (r.collaborator == AGGREGATOR, r.collaborator, r.metric)):
+        if record.task != "aggregated_model_validation":
+            continue
+        site = WEIGHTED_MEAN if record.collaborator == AGGREGATOR else record.collaborator
+        count = sum(subjects.values()) if record.collaborator == AGGREGATOR else subjects.get(record.collaborator, "")
+        rows.append({"site": site, "subjects": count, "metric": record.metric, "value": f"{record.value:.6g}",
+                     "model": model, "plan_sha384": plan_sha384})
+    return rows
+
+
+def write_evaluation(layout: FederationLayout, rows: list[dict]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["site", "subjects", "metric", "value", "model", "plan_sha384"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(layout.results / EVALUATION_FILE, buffer.getvalue())
+    return layout.results / EVALUATION_FILE
+
+
+def evaluation_table(rows: list[dict], sites) -> Table:
+    trained = {site.name: site.trained for site in sites}
+    metrics = list(dict.fromkeys(row["metric"] for row in rows))
+    table = Table(title="Federated evaluation", title_justify="left")
+    table.add_column("site")
+    table.add_column("trained here", justify="center")
+    table.add_column("subjects", justify="right")
+    for metric in metrics:
+        table.add_column(metric.removeprefix("valid_"), justify="right")
+    for site in dict.fromkeys(row["site"] for row in rows):
+        values = {row["metric"]: row["value"] for row in rows if row["site"] == site}
+        subjects = next(row["subjects"] for row in rows if row["site"] == site)
+        mean = site == WEIGHTED_MEAN
+        table.add_row(f"[bold]{site}[/]" if mean else site, "" if mean else ("yes" if trained.get(site) else "no"),
+                      str(subjects), *(f"{float(values[m]):.4f}" if m in values else "" for m in metrics))
+    return table

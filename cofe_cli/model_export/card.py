@@ -95,7 +95,7 @@ def model_card(*, manifest: Manifest, gandlf_config: dict, metrics_rows: list[di
                   "|---|---|---|---|---|"]
         for row in evaluation_rows:
             site = row.get("site", "")
-            shown = labels.get(site, site if name_sites else "evaluation site")
+            shown = "**weighted mean**" if site == "weighted mean" else labels.get(site, site if name_sites else "evaluation site")
             lines.append(f"| {shown} | {row.get('subjects', '')} | {row.get('metric', '')} | {row.get('value', '')} | "
                          f"{row.get('model', '')} |")
     lines += [

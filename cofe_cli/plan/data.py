@@ -154,23 +154,35 @@ def split_csv(csv_path: Path, out_folder: Path, *, problem_type: str | None, cha
                         hint="add subjects, or give a folder with train.csv and valid.csv")
     n_valid = min(len(subjects) - 1, max(1, round(len(subjects) * valid_fraction)))
     valid_subjects = set(subjects[:n_valid])
-    file_columns = set(columns.channels) | ({columns.label} if columns.label else set())
-    header = list(rows[0].keys())
-
-    def render(selected: list[dict[str, str]]) -> str:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
-        writer.writeheader()
-        for row in selected:
-            writer.writerow({k: (str(_resolve(v, csv_path.parent).resolve()) if k in file_columns else v)
-                             for k, v in row.items()})
-        return buffer.getvalue()
-
     train_rows = [r for r in rows if r[columns.subject] not in valid_subjects]
     valid_rows = [r for r in rows if r[columns.subject] in valid_subjects]
-    atomic_write_text(Path(out_folder) / TRAIN_CSV, render(train_rows))
-    atomic_write_text(Path(out_folder) / VALID_CSV, render(valid_rows))
+    atomic_write_text(Path(out_folder) / TRAIN_CSV, _render_absolute(train_rows, columns, csv_path))
+    atomic_write_text(Path(out_folder) / VALID_CSV, _render_absolute(valid_rows, columns, csv_path))
     return DataSummary(Path(out_folder).resolve(), len(subjects) - n_valid, n_valid, len(columns.channels))
+
+
+def evaluation_only_data(csv_path: Path, out_folder: Path, *, problem_type: str | None,
+                         channels: int | None = None) -> DataSummary:
+    """A site that only evaluates: every subject of its one CSV is validated. OpenFL's loader reads
+    train.csv too, so it gets the same rows (no training task is ever assigned to the site)."""
+    csv_path = Path(csv_path).expanduser().resolve()
+    columns, rows = check_csv(csv_path, problem_type=problem_type, channels=channels)
+    rendered = _render_absolute(rows, columns, csv_path)
+    atomic_write_text(Path(out_folder) / TRAIN_CSV, rendered)
+    atomic_write_text(Path(out_folder) / VALID_CSV, rendered)
+    return DataSummary(Path(out_folder).resolve(), 0, len(rows), len(columns.channels))
+
+
+def _render_absolute(rows: list[dict[str, str]], columns: CsvColumns, csv_path: Path) -> str:
+    """The rows as a GaNDLF CSV whose image paths are absolute, so it stays valid wherever it is written."""
+    file_columns = set(columns.channels) | ({columns.label} if columns.label else set())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (str(_resolve(v, csv_path.parent).resolve()) if k in file_columns else v)
+                         for k, v in row.items()})
+    return buffer.getvalue()
 
 
 # GaNDLF 0.1.5's dice family and its surface_distance_ids (GANDLF/metrics/__init__.py).
