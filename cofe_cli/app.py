@@ -11,7 +11,7 @@ from cofe_cli.commands import certify, demo, image, init, run, start
 from cofe_cli.commands import kit
 from cofe_cli.commands import doctor
 from cofe_cli.commands import slurm_jobs
-from cofe_cli.commands import evaluate, export_model
+from cofe_cli.commands import evaluate, export_model, infer
 from cofe_cli.console import err_console, print_error
 from cofe_cli.errors import CofeError, FederationFailed
 
@@ -43,6 +43,7 @@ app.add_typer(certify.app, name="certify")
 app.add_typer(start.app, name="start")
 app.command("run")(run.run)
 app.command("demo")(demo.demo)
+app.command("infer")(infer.infer)
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(image.app, name="image")
 kit.export_app.command("model")(export_model.export_model)

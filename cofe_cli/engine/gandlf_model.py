@@ -86,7 +86,7 @@ def export_onnx(checkpoint_file: Path, config_file: Path, out_dir: Path) -> Path
     from cofe_cli.errors import CofeError
 
     target = Path(out_dir) / Path(checkpoint_file).name.replace(".pth.tar", ".onnx")
-    with quiet(), _silenced_stdout_fd(), warnings.catch_warnings():
+    with quiet(), _silenced_fds(1, 2), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.onnx's notes on experimental converters, not the user's concern
         post_training_model_optimization(str(checkpoint_file), str(config_file), str(out_dir))
     if not target.is_file():
@@ -96,16 +96,61 @@ def export_onnx(checkpoint_file: Path, config_file: Path, out_dir: Path) -> Path
 
 
 @contextlib.contextmanager
-def _silenced_stdout_fd():
-    """GaNDLF exports with torch.onnx's verbose=True, which prints the whole graph from C++ straight
-    to file descriptor 1, past Python's sys.stdout."""
+def _silenced_fds(*fds: int):
+    """GaNDLF and torch print past Python's sys.stdout/sys.stderr (torch.onnx's verbose graph from C++,
+    tqdm bars and pandas warnings to stderr): the file descriptors themselves go to /dev/null meanwhile."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in fds}
     with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), 1)
+        for fd in fds:
+            os.dup2(devnull.fileno(), fd)
     try:
         yield
     finally:
         sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        sys.stderr.flush()
+        for fd, copy_of_fd in saved.items():
+            os.dup2(copy_of_fd, fd)
+            os.close(copy_of_fd)
+
+
+def infer(checkpoint_file: Path, config_file: Path, csv_file: Path, out_dir: Path, *,
+          instance_norm_statistics: str) -> dict[str, float]:
+    """GaNDLF's own inference path (its testing loader and validate_network in inference mode, as its
+    legacy inference_loop does) with the federation's instance-norm choice. Masks land in
+    out_dir/testing/<subject>/; returns the metrics when the CSV has labels, else {}."""
+    import torch
+    from GANDLF.compute.forward_pass import validate_network
+    from GANDLF.compute.generic import create_pytorch_objects
+    from GANDLF.config_manager import ConfigManager
+    from GANDLF.data import get_testing_loader
+    from GANDLF.utils import parseTestingCSV, populate_header_in_parameters
+
+    from cofe_cli.engine.openfl_task_runner import use_instance_norm_statistics
+
+    # GaNDLF's tqdm bars and pandas warnings go to stderr; the command shows its own progress.
+    with _silenced_fds(2), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params = ConfigManager(str(config_file))
+        params["output_dir"] = str(out_dir)
+        params["save_output"] = True
+        _, data, headers = parseTestingCSV(str(csv_file), str(out_dir))
+        params = populate_header_in_parameters(params, headers)
+        params["testing_data"] = data
+        for key in ("penalty_weights", "sampling_weights", "class_weights"):  # as GaNDLF's InferenceManager does
+            params.setdefault(key, None)
+        model, _, _, _, _, params = create_pytorch_objects(params, device=params.get("device", "cpu"))
+        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model_state_dict"])
+        use_instance_norm_statistics(model, instance_norm_statistics)
+        _, metrics = validate_network(model, get_testing_loader(params), None, params, mode="inference")
+    return {name: float(value) for name, value in (metrics or {}).items() if _is_number(value)}
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

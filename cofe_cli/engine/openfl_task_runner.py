@@ -35,15 +35,18 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
                 hook.remove()
 
     def rebuild_model(self, round_num, input_tensor_dict, validation=False):
-        norms = self._instance_norms_with_running_statistics()
-        for norm in norms:
-            norm.track_running_stats = True  # loading the state dict needs the running buffers registered
+        # Loading the state dict needs the running buffers registered.
+        use_instance_norm_statistics(self.model, "running")
         super().rebuild_model(round_num, input_tensor_dict, validation)
-        if validation and self.instance_norm_statistics == "input":
-            for norm in norms:
-                norm.track_running_stats = False
+        if validation:
+            use_instance_norm_statistics(self.model, self.instance_norm_statistics)
 
-    def _instance_norms_with_running_statistics(self):
-        from torch.nn.modules.instancenorm import _InstanceNorm
 
-        return [m for m in self.model.modules() if isinstance(m, _InstanceNorm) and m.running_mean is not None]
+def use_instance_norm_statistics(model, statistics: str) -> None:
+    """`input`: every instance norm that holds running statistics normalises with the input's own (as
+    instance normalisation defines it) even in eval mode; `running`: with the running ones (GaNDLF's)."""
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    for module in model.modules():
+        if isinstance(module, _InstanceNorm) and module.running_mean is not None:
+            module.track_running_stats = statistics == "running"
