@@ -82,10 +82,16 @@ def _refusal(what: str, fd: int) -> CofeError:
 
 def _open(path: Path) -> int:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except PermissionError:
+        pass
+    try:
         # Made by another user (root beside a container's user): a read-only descriptor locks as well.
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise CofeError(f"cannot make the lock file {path}: {error.strerror}",
+                        hint=f"this user must be able to write to {path.parent}") from None
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -121,9 +127,7 @@ def _take(path: Path, what: str) -> int | None:
 @contextlib.contextmanager
 def locked(directory: Path, what: str) -> Iterator[None]:
     """Hold `directory`/.cofe.lock exclusively, or raise a CofeError naming its holder."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_FILE
+    path = Path(directory) / LOCK_FILE
     fd = _take(path, what)
     if fd is None:
         yield
