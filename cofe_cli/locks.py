@@ -68,9 +68,22 @@ def _command_line() -> str:
 def _read_holder(fd: int) -> Holder | None:
     try:
         record = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
-        return Holder(int(record["pid"]), str(record["command"]), str(record["since"]), str(record["host"]))
+        holder = Holder(int(record["pid"]), str(record["command"]), str(record["since"]), str(record["host"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # the holder is between locking and writing its record, or releasing it
+    if holder.host == socket.gethostname() and not _alive(holder.pid):
+        return None  # a record left by a holder that died; whoever has the lock now has not written one yet
+    return holder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
 
 
 def _refusal(what: str, fd: int) -> CofeError:
