@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from cofe_cli.errors import CofeError
+
 
 def listen_error(port: int) -> OSError | None:
     """None when [::]:port (or 0.0.0.0:port) can be bound. gRPC binds with SO_REUSEPORT, so a second
@@ -16,3 +18,13 @@ def listen_error(port: int) -> OSError | None:
         except OSError as error:
             return error
     return None
+
+
+def port_in_use(port: int) -> CofeError:
+    return CofeError(f"port {port} is already in use on this machine",
+                     hint="stop what uses it, or re-create the federation with `cofe init --force --port N`")
+
+
+def check_port_free(port: int) -> None:
+    if listen_error(port) is not None:
+        raise port_in_use(port)

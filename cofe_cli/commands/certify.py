@@ -19,6 +19,7 @@ from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.locks import federation_locked
 from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_key_matches_cert, verify_issued_by
 from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
 
@@ -52,7 +53,8 @@ def certify(
         return
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
-    actions = certify_locally(layout, manifest, force=force, validity_days=validity_days)
+    with federation_locked(layout):
+        actions = certify_locally(layout, manifest, force=force, validity_days=validity_days)
     table = Table("participant", "certificate", title="Certificates")
     for participant, action in actions:
         table.add_row(participant, action)
@@ -115,18 +117,19 @@ def ca(
 
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
-    if CertificateAuthority.exists(layout.ca) and not force:
-        authority, action = CertificateAuthority.load(layout.ca), "kept (pass --force to replace it)"
-    else:
-        authority = CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
-        action = "created"
-        # A CRL of a replaced CA no longer verifies: an aggregator would refuse everyone.
-        for stale in (ca_crl_path(layout), aggregator_crl_path(layout.workspace(AGGREGATOR))):
-            stale.unlink(missing_ok=True)
-    _say(f"CA {action}: {escape(str(layout.ca))} (valid until {authority.root_cert.not_valid_after_utc:%Y-%m-%d})")
-    if aggregator:
-        done = _local_aggregator_certificate(layout, manifest, authority, force=force, validity_days=validity_days)
-        _say(f"Aggregator certificate ({escape(manifest.aggregator_address)}): {done}")
+    with federation_locked(layout):
+        if CertificateAuthority.exists(layout.ca) and not force:
+            authority, action = CertificateAuthority.load(layout.ca), "kept (pass --force to replace it)"
+        else:
+            authority = CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
+            action = "created"
+            # A CRL of a replaced CA no longer verifies: an aggregator would refuse everyone.
+            for stale in (ca_crl_path(layout), aggregator_crl_path(layout.workspace(AGGREGATOR))):
+                stale.unlink(missing_ok=True)
+        _say(f"CA {action}: {escape(str(layout.ca))} (valid until {authority.root_cert.not_valid_after_utc:%Y-%m-%d})")
+        if aggregator:
+            done = _local_aggregator_certificate(layout, manifest, authority, force=force, validity_days=validity_days)
+            _say(f"Aggregator certificate ({escape(manifest.aggregator_address)}): {done}")
     _say(f"Root CA fingerprint (SHA-256): [bold]{authority.root_fingerprint()}[/]")
     _say("Read it out to every site (by phone, not in the e-mail that carries their kit): they check it with "
          "`cofe certify install --expect-root-fingerprint`.")
@@ -149,7 +152,8 @@ def request(
 
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
-    result = create_request(layout, manifest, name, out=out, extra_san=san or (), force=force)
+    with federation_locked(layout):
+        result = create_request(layout, manifest, name, out=out, extra_san=san or (), force=force)
     _say(f"Private key of {result.name}: {escape(str(result.key))} (mode 0600; it never leaves this machine)")
     if result.replaced_certificate:
         _say("The certificate of the old key was removed; install the one signed from this request.")
@@ -228,7 +232,8 @@ def install(
                         hint="ask the coordinator to read out the root CA fingerprint `cofe certify ca` printed")
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
-    result = install_signed(layout, manifest, signed_file, expected_root_fingerprint=expect_root_fingerprint)
+    with federation_locked(layout):
+        result = install_signed(layout, manifest, signed_file, expected_root_fingerprint=expect_root_fingerprint)
     what = "already installed" if result.unchanged else "installed"
     _say(f"[green]{escape(result.name)}'s certificate {what}[/]: {escape(str(result.cert))} "
          f"(serial {result.serial:x}, valid until {result.not_after:%Y-%m-%d}); CA chain: {escape(str(result.chain))}")

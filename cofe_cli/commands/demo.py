@@ -14,7 +14,7 @@ from cofe_cli.fsutil import atomic_write_text
 from cofe_cli.plan.builder import dump_yaml
 
 from cofe_cli.commands.init import InitRequest
-from cofe_cli.commands.run import ContainerOptions, prepare, run_federation
+from cofe_cli.commands.run import ContainerOptions, check_timeout, prepare, run_federation
 
 DEMO_SITES = ("hospital_a", "hospital_b", "hospital_c")
 CONTAINER_AGGREGATOR = "cofe-aggregator"
@@ -38,6 +38,7 @@ def demo(
     """Generate a small synthetic brain-lesion dataset at several 'hospitals' and federate on it."""
     from cofe_cli.demo.synthetic import demo_gandlf_config, make_demo_federation_data
 
+    check_timeout(timeout)
     root = Path(dir).expanduser().resolve()
     layout = FederationLayout(root)
     if layout.is_initialised() and not force:

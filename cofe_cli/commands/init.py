@@ -15,6 +15,7 @@ from cofe_cli import __version__
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
+from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml, plan_hash
 from cofe_cli.plan.data import check_data_folder, problem_type_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
@@ -79,8 +80,6 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:
         raise CofeError(f"--valid-fraction must be between 0 and 1, got {request.valid_fraction}", hint="e.g. --valid-fraction 0.2")
-    if layout.is_initialised() and not request.force:
-        raise CofeError(f"{layout.root} already holds a federation", hint="pass --force to replace its plan and workspaces (its CA is kept)")
     problem_type = problem_type_of(gandlf_config)
     channels = (gandlf_config.get("model") or {}).get("num_channels")
     for name, data in collaborators:
@@ -95,34 +94,36 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
         versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
     )
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-init-", dir=layout.root)))
-    try:
-        data_entries = []
-        for name, data in collaborators:
-            if data is not None and data.is_file():
-                # A single CSV is split by subject into the site's workspace; absolute paths keep it valid after the move.
-                split_csv(data, stage.workspace(name) / "data", problem_type=problem_type, channels=channels,
-                          valid_fraction=request.valid_fraction)
-                data = layout.workspace(name) / "data"
-            data_entries.append(CollaboratorData(name, data.resolve() if data else None))
-        build_federation(stage, plan_yaml, gandlf_config, manifest, data_entries)
-        with console.status("Checking with GaNDLF and OpenFL and building the initial model (first run imports torch)..."):
-            from cofe_cli.engine.gandlf_validation import validate_with_gandlf
-            from cofe_cli.engine.participant import check_plan, quiet, write_initial_model
+    with federation_locked(layout):  # refused while a run or a participant uses the directory
+        if layout.is_initialised() and not request.force:
+            raise CofeError(f"{layout.root} already holds a federation", hint="pass --force to replace its plan and workspaces (its CA is kept)")
+        stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-init-", dir=layout.root)))
+        try:
+            data_entries = []
+            for name, data in collaborators:
+                if data is not None and data.is_file():
+                    # A single CSV is split by subject into the site's workspace; absolute paths keep it valid after the move.
+                    split_csv(data, stage.workspace(name) / "data", problem_type=problem_type, channels=channels,
+                              valid_fraction=request.valid_fraction)
+                    data = layout.workspace(name) / "data"
+                data_entries.append(CollaboratorData(name, data.resolve() if data else None))
+            build_federation(stage, plan_yaml, gandlf_config, manifest, data_entries)
+            with console.status("Checking with GaNDLF and OpenFL and building the initial model (first run imports torch)..."):
+                from cofe_cli.engine.gandlf_validation import validate_with_gandlf
+                from cofe_cli.engine.participant import check_plan, quiet, write_initial_model
 
-            with quiet():
-                validate_with_gandlf(gandlf_config)
-                check_plan(stage.workspace(AGGREGATOR))
-                write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
-        shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
-        _swap_in(stage, layout)
-        if changes:
-            console.print(f"Adapted the GaNDLF config for GaNDLF {gandlf_version} (saved as plans/gandlf_config.yaml):")
-            for change in changes:
-                console.print(f"  - {change}", markup=False)
-    finally:
-        shutil.rmtree(stage.root, ignore_errors=True)
+                with quiet():
+                    validate_with_gandlf(gandlf_config)
+                    check_plan(stage.workspace(AGGREGATOR))
+                    write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
+            shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
+            _swap_in(stage, layout)
+            if changes:
+                console.print(f"Adapted the GaNDLF config for GaNDLF {gandlf_version} (saved as plans/gandlf_config.yaml):")
+                for change in changes:
+                    console.print(f"  - {change}", markup=False)
+        finally:
+            shutil.rmtree(stage.root, ignore_errors=True)
     return manifest
 
 

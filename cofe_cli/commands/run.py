@@ -13,6 +13,8 @@ from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.events import read_events
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.locks import federation_locked
+from cofe_cli.ports import check_port_free
 from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
 from cofe_cli.plan.builder import ALGORITHMS
 from cofe_cli.commands.init import DEFAULT_PORT, InitRequest, initialise, report_initialised
@@ -48,8 +50,21 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and timeout <= 0:
+        raise CofeError(f"--timeout must be more than 0 seconds, got {timeout:g}",
+                        hint="give the seconds the whole federation may take, e.g. --timeout 3600, or leave it out")
+
+
 def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None,
                    containers: ContainerOptions | None = None, slurm=None):
+    # Held until the report is written; the participants' `cofe start` know that through launched_env().
+    with federation_locked(layout):
+        return _run_federation(layout, manifest, restart=restart, timeout=timeout, containers=containers, slurm=slurm)
+
+
+def _run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool, timeout: float | None,
+                    containers: ContainerOptions | None, slurm):
     from cofe_cli.launch.report import summary_table, write_results
     from cofe_cli.launch.supervisor import supervise
 
@@ -85,7 +100,6 @@ def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: boo
         console.print(f"Starting the aggregator and {len(manifest.collaborators)} collaborator(s) in containers of {image} "
                       f"on network {network_name(layout)} (gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port})...")
     else:
-        from cofe_cli.engine.participant import check_port_free
         from cofe_cli.launch.processes import ProcessFederation
 
         check_port_free(manifest.aggregator_port)
@@ -124,6 +138,7 @@ def run(
     sbatch_arg: list[str] = typer.Option(None, "--sbatch-arg", help="With --slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)."),
 ) -> None:
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
+    check_timeout(timeout)
     layout = FederationLayout(dir)
     request = None
     if gandlf_config or collaborator:
@@ -137,8 +152,9 @@ def run(
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,
                                      gpus_per_site=gpus_per_site, sbatch_args=tuple(sbatch_arg or ()))
-    run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout,
-                   containers=ContainerOptions(image=image, gpus=gpus) if containers else None, slurm=slurm_options)
+    with federation_locked(layout):  # from before init and certify, which it may do first
+        run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout,
+                       containers=ContainerOptions(image=image, gpus=gpus) if containers else None, slurm=slurm_options)
 
 
 def slurm_options_of(slurm: bool, containers: bool, **given):

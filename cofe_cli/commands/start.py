@@ -15,9 +15,11 @@ import typer
 from cofe_cli.console import console, print_error
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.locks import participant_locked
 from cofe_cli.pki.workspace_certs import require_certificates
 from cofe_cli.plan.data import check_data_folder, problem_type_of
 from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder, set_collaborator_data
+from cofe_cli.ports import check_port_free
 
 app = typer.Typer(help="Run one participant of a federation (aggregator or collaborator).", no_args_is_help=True)
 
@@ -51,11 +53,14 @@ def aggregator(
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     require_certificates(layout, manifest, AGGREGATOR)
-    if restart:
-        clear_aggregator_state(layout)
-    if container:
-        _run_in_container(layout, manifest, AGGREGATOR, image=image)
-    _run_participant(layout.workspace(AGGREGATOR), AGGREGATOR, lambda engine, ws: engine.serve_aggregator(ws))
+    with participant_locked(layout, AGGREGATOR):
+        # Before OpenFL is loaded and parses the plan: a taken port is the likeliest reason not to start.
+        check_port_free(manifest.aggregator_port)
+        if restart:
+            clear_aggregator_state(layout)
+        if container:
+            _run_in_container(layout, manifest, AGGREGATOR, image=image)
+        _run_participant(layout.workspace(AGGREGATOR), AGGREGATOR, lambda engine, ws: engine.serve_aggregator(ws))
 
 
 @app.command("collaborator")
@@ -75,10 +80,11 @@ def collaborator(
     require_certificates(layout, manifest, name)
     if gpus and not container:
         raise CofeError("--gpus goes with --container", hint="outside a container pass --device cuda to train on this machine's GPU")
-    prepare_collaborator_data(layout, name, data)
-    if container:
-        _run_in_container(layout, manifest, name, image=image, gpus=gpus, device=device)
-    _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name, device=device))
+    with participant_locked(layout, name):
+        prepare_collaborator_data(layout, name, data)
+        if container:
+            _run_in_container(layout, manifest, name, image=image, gpus=gpus, device=device)
+        _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name, device=device))
 
 
 def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | None) -> None:
@@ -135,10 +141,12 @@ def _run_participant(workspace: Path, participant: str, body) -> None:
     except KeyboardInterrupt:
         print_error(f"{participant} stopped before the federation finished")
         _exit(130)
-    except CofeError:
-        raise
+    except CofeError as error:  # a refusal (port taken, certificate revoked, ...): its one line says it all
+        log.error("%s", error, exc_info=True, extra={engine.FILE_ONLY: True})
+        print_error(error.message, error.hint)
+        _exit(error.exit_code)
     except Exception as exc:
-        log.exception("%s failed", participant)
+        log.exception("%s failed", participant, extra={engine.FILE_ONLY: True})
         print_error(f"{participant} failed: {type(exc).__name__}: {exc}", f"full log: {workspace / 'logs' / (participant + '.log')}")
         _exit(1)
     console.print(f"[green]{participant} finished[/]")

@@ -10,14 +10,21 @@ import grpc
 from openfl.protocols import aggregator_pb2_grpc
 from openfl.transport.grpc.aggregator_client import AggregatorGRPCClient
 
-_REFUSALS = {
-    grpc.StatusCode.PERMISSION_DENIED: "its certificate is revoked",
-    grpc.StatusCode.UNAUTHENTICATED: "its certificate's name is not a collaborator of this plan, or not the name it uses",
+from cofe_cli.errors import FederationFailed
+
+_REFUSALS = {  # status: (why, what the site can do)
+    grpc.StatusCode.PERMISSION_DENIED: (
+        "its certificate is revoked",
+        "ask the coordinator; with a new certificate (`cofe certify request --force`, then signed) the site can join again"),
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "its certificate's name is not a collaborator of this plan, or not the name it uses",
+        "start it under the name its certificate carries, or ask the coordinator to add this site to the plan"),
 }
 
 
-class RefusedByAggregator(RuntimeError):
-    """Deliberately not a grpc.RpcError: OpenFL's retry loops catch those and try again."""
+class RefusedByAggregator(FederationFailed):
+    """Deliberately not a grpc.RpcError: OpenFL's retry loops catch those and try again. A cofe error:
+    the site is told in one line why it cannot take part, not shown a traceback."""
 
 
 class _RefusalInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
@@ -26,8 +33,9 @@ class _RefusalInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClie
 
     def _check(self, response):
         if isinstance(response, grpc.RpcError) and response.code() in _REFUSALS:
-            raise RefusedByAggregator(f"the aggregator refused {self.collaborator}: {_REFUSALS[response.code()]} "
-                                      f"({response.details()})")
+            why, hint = _REFUSALS[response.code()]
+            raise RefusedByAggregator(f"the aggregator refused {self.collaborator}: {why} ({response.details()})",
+                                      hint=hint, participant=self.collaborator)
         return response
 
     def intercept_unary_unary(self, continuation, client_call_details, request):

@@ -1,8 +1,13 @@
-"""OpenFL's gRPC aggregator server, plus certificate revocation, which OpenFL does not have.
+"""OpenFL's gRPC aggregator server, plus certificate revocation, which OpenFL does not have, and a
+port of its own.
 
 Every RPC a collaborator makes passes validate_collaborator; a certificate whose serial is on
 the federation's CRL (cert/crl.pem, written by `cofe certify revoke`) is refused from the next
 RPC on, without restarting the aggregator or the other collaborators.
+
+gRPC binds its servers with SO_REUSEPORT unless told otherwise: a second aggregator on the same
+port then starts without error and the kernel deals the collaborators' connections out between
+the two, so neither federation finishes. This server's bind fails instead, with a clear error.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from openfl.transport.grpc import common as openfl_grpc
 from openfl.transport.grpc.aggregator_server import AggregatorGRPCServer
 
+from cofe_cli.ports import port_in_use
+
 logger = logging.getLogger("cofe")
+NO_PORT_SHARING = ("grpc.so_reuseport", 0)
 
 
 class RevokedCertificates:
@@ -59,3 +68,15 @@ class RevocationCheckingServer(AggregatorGRPCServer):
         if serial in self.revoked.serials():
             logger.warning("refused revoked certificate of %s (serial %x)", request.header.sender, serial)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate of {request.header.sender} is revoked")
+
+    def serve(self):
+        # OpenFL's serve() builds its gRPC server with these options and no way to add one; this
+        # process serves one aggregator and dials nothing, so extending them here touches nothing else.
+        if NO_PORT_SHARING not in openfl_grpc.DEFAULT_CHANNEL_OPTIONS:
+            openfl_grpc.DEFAULT_CHANNEL_OPTIONS.append(NO_PORT_SHARING)
+        try:
+            super().serve()
+        except RuntimeError as error:
+            if not str(error).startswith("Failed to bind"):
+                raise
+            raise port_in_use(int(self.uri.rpartition(":")[2])) from None

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
-from cofe_cli.ports import listen_error
 
 PLAN = Path("plan/plan.yaml")
 COLS = Path("plan/cols.yaml")
@@ -23,6 +22,17 @@ logger = logging.getLogger("cofe")
 
 
 LOG_CAPTURED_ENV = "COFE_LOG_CAPTURED"
+# OpenFL logs the whole plan (~140 lines, with rich markup) each time it parses one.
+PLAN_LOGGER = "openfl.federated.plan.plan"
+# Set in a record's `extra` for what belongs in the log file only (a traceback the console sums up in one line).
+FILE_ONLY = "cofe_file_only"
+
+
+class _ConsoleFilter(logging.Filter):
+    """What a person at the terminal reads: OpenFL's progress, not the plan dump or our tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != PLAN_LOGGER and not getattr(record, FILE_ONLY, False)
 
 
 def enter_workspace(workspace: Path, log_name: str) -> None:
@@ -36,8 +46,11 @@ def enter_workspace(workspace: Path, log_name: str) -> None:
     os.environ["HOME"] = str(workspace / ".home")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if not os.environ.get(LOG_CAPTURED_ENV):  # a launcher already writes our stderr to this file
+    if not os.environ.get(LOG_CAPTURED_ENV):  # else a launcher already writes our stderr to this file
+        handlers[0].addFilter(_ConsoleFilter())
         handlers.append(logging.FileHandler(workspace / "logs" / f"{log_name}.log"))
+        # gRPC's C core writes its errors straight to stderr; cofe says what went wrong in its own words.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.handlers.clear()
@@ -91,17 +104,10 @@ def write_initial_model(workspace: Path, output: Path) -> None:
         os.replace(partial, output)
 
 
-def check_port_free(port: int) -> None:
-    if listen_error(port) is not None:
-        raise CofeError(f"port {port} is already in use on this machine",
-                        hint="stop what uses it, or re-create the federation with `cofe init --force --port N`")
-
-
 def serve_aggregator(workspace: Path) -> None:
     """Serve until every collaborator was told to quit; refuse to serve a finished federation."""
     with _in_directory(workspace):
         plan = _parse_plan(with_data=False)
-        check_port_free(int(plan.config["network"]["settings"]["agg_port"]))
         aggregator = plan.get_aggregator()
         if aggregator.is_finished():
             raise CofeError(f"this federation already finished all {aggregator.rounds_to_train} rounds",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.locks import launched_env
 from cofe_cli.launch.supervisor import ParticipantState, tail_lines
 from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, classify_columns
 from cofe_cli.plan.workspaces import collaborator_data_folder
@@ -373,7 +374,9 @@ class ContainerFederation:
         )
         aliases = aggregator_aliases(self.manifest.aggregator_address) if name == AGGREGATOR else []
         networking = api.create_networking_config({self._network.id: api.create_endpoint_config(aliases=aliases or None)})
-        environment = {"COFE_LOG_CAPTURED": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self._threads(name))}
+        # Whoever launches containers (`cofe run`, `cofe start --container`) holds the workspace locks on this host.
+        environment = {**launched_env(), "COFE_LOG_CAPTURED": "1", "PYTHONUNBUFFERED": "1",
+                       "OMP_NUM_THREADS": str(self._threads(name))}
         try:
             created = api.create_container(
                 image=self._image.id, name=container_id, hostname=name,
@@ -457,8 +460,8 @@ class ContainerFederation:
         cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
         return max(0, int(memory.get("usage") or 0) - int(cache or 0))
 
-    def log_tail(self, name: str, lines: int = 20) -> list[str]:
-        return tail_lines(self.log_path(name), lines)
+    def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]:
+        return tail_lines(self.log_path(name), lines, since)
 
     def log_path(self, name: str) -> Path:
         entry = self._containers.get(name)

@@ -15,6 +15,7 @@ import psutil
 
 from cofe_cli.engine.participant import LOG_CAPTURED_ENV
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.locks import launched_env
 from cofe_cli.launch.supervisor import ParticipantState, tail_lines
 
 _PR_SET_PDEATHSIG = 1
@@ -52,13 +53,18 @@ class ProcessFederation:
         for name in self.participants():
             self._spawn(name)
 
-    def _spawn(self, name: str) -> None:
+    def command(self, name: str) -> list[str]:
+        """The participant's `cofe start`, run by this same Python."""
         args = [sys.executable, "-m", "cofe_cli", "start"]
-        args += ["aggregator", "--dir", str(self.layout.root)] + (["--restart"] if self.restart else []) \
-            if name == AGGREGATOR else ["collaborator", name, "--dir", str(self.layout.root)]
-        log = self.layout.workspace(name) / "logs" / f"{name}.log"
+        return args + (["aggregator", "--dir", str(self.layout.root)] + (["--restart"] if self.restart else [])
+                       if name == AGGREGATOR else ["collaborator", name, "--dir", str(self.layout.root)])
+
+    def _spawn(self, name: str) -> None:
+        args = self.command(name)
+        log = self.log_path(name)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, LOG_CAPTURED_ENV: "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self._threads(name))}
+        env = {**os.environ, **launched_env(), LOG_CAPTURED_ENV: "1", "PYTHONUNBUFFERED": "1",
+               "OMP_NUM_THREADS": str(self._threads(name))}
         with log.open("ab") as out:
             popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
@@ -78,11 +84,11 @@ class ProcessFederation:
             states[name] = ParticipantState(name=name, returncode=proc.popen.poll(), peak_rss=proc.peak_rss)
         return states
 
-    def log_tail(self, name: str, lines: int = 20) -> list[str]:
-        return tail_lines(self._processes[name].log, lines)
+    def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]:
+        return tail_lines(self.log_path(name), lines, since)
 
     def log_path(self, name: str) -> Path:
-        return self._processes[name].log
+        return self.layout.workspace(name) / "logs" / f"{name}.log"
 
     def stop(self, grace: float = 10.0) -> None:
         running = [p for p in self._processes.values() if p.popen.poll() is None]

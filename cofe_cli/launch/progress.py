@@ -62,6 +62,22 @@ class FederationProgress:
         self.finished = False
 
     # -- state -------------------------------------------------------------------------------
+    def add_history(self, events) -> None:
+        """Events of earlier attempts (a resumed federation): their metrics and round times belong in
+        the results; nothing else of them describes what is running now."""
+        for event in events:
+            kind = event.get("event")
+            if kind == "metric":
+                self._record(event)
+            elif kind == "tasks":
+                self.round_started.setdefault(event["round"], event["time"])
+            elif kind == "round_end":
+                self.round_ended[event["round"]] = event["time"]
+
+    def _record(self, event: dict) -> None:
+        record = MetricRecord(event["round"], event["collaborator"], event["task"], event["metric"], float(event["value"]))
+        self._records[(record.round, record.collaborator, record.task, record.metric)] = record
+
     def apply(self, event: dict) -> str | None:
         kind, when = event.get("event"), event.get("time", time.time())
         if kind == "started":
@@ -80,8 +96,7 @@ class FederationProgress:
             site.done += 1
             return None
         if kind == "metric":
-            record = MetricRecord(event["round"], event["collaborator"], event["task"], event["metric"], float(event["value"]))
-            self._records[(record.round, record.collaborator, record.task, record.metric)] = record
+            self._record(event)
             return None
         if kind == "round_end":
             self.round_ended[event["round"]] = when

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.locks import launched_env
 from cofe_cli.launch.supervisor import ParticipantState, tail_lines
 
 SLURM_DIR = "slurm"
@@ -146,6 +147,8 @@ def render_script(layout: FederationLayout, participant: str, options: SlurmOpti
              *[f"#SBATCH {d}" for d in directives],
              "",
              "export COFE_LOG_CAPTURED=1 PYTHONUNBUFFERED=1",
+             # `cofe run` holds the federation's locks on the login node for as long as the jobs run.
+             *[f"export {key}={value}" for key, value in launched_env().items()],
              f"export OMP_NUM_THREADS={cpus}",
              f"echo \"[slurm] job $SLURM_JOB_ID of {participant} on $(hostname) (node $SLURMD_NODENAME)\"",
              "exec " + shlex.join(command),
@@ -450,8 +453,8 @@ class SlurmFederation:
     def jobs(self) -> dict[str, JobInfo | None]:
         return {name: job.info for name, job in self._jobs.items()}
 
-    def log_tail(self, name: str, lines: int = 20) -> list[str]:
-        tail = tail_lines(log_path(self.layout, name), lines)
+    def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]:
+        tail = tail_lines(log_path(self.layout, name), lines, since)
         job = self._jobs[name]
         if job.info and not job.info.active and job.info.state != "COMPLETED":
             tail.append(f"[slurm] job {job.job_id} of {name}: {job.info.state}"

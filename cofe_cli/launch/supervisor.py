@@ -32,17 +32,26 @@ class Launcher(Protocol):
     def participants(self) -> list[str]: ...
     def start(self) -> None: ...
     def states(self) -> dict[str, ParticipantState]: ...
-    def log_tail(self, name: str, lines: int = 20) -> list[str]: ...
+    def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]: ...
     def log_path(self, name: str) -> Path: ...
     def stop(self, grace: float = 10.0) -> None: ...
 
 
-def tail_lines(path: Path, lines: int) -> list[str]:
+def tail_lines(path: Path, lines: int, since: int = 0) -> list[str]:
+    """The last `lines` lines of a log, of what was written from byte `since` on (logs are appended to)."""
     try:
-        with Path(path).open("r", encoding="utf-8", errors="replace") as handle:
-            return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
+        with Path(path).open("rb") as handle:
+            handle.seek(since)
+            return [line.decode("utf-8", errors="replace").rstrip("\n") for line in deque(handle, maxlen=lines)]
     except FileNotFoundError:
         return []
+
+
+def file_size(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 # Measured here: a GaNDLF collaborator peaks at ~2.0 GiB with tiny models, the aggregator at ~1.8 GiB
@@ -72,12 +81,24 @@ def error_excerpt(lines: list[str], keep: int = 25) -> list[str]:
     return lines[-keep:]
 
 
+# Once the aggregator has finished every round and exited 0, its collaborators only have to notice
+# and leave, which takes them a few seconds. One that is still running a minute later waits for an
+# aggregator that is gone (it may even have dialled another process on the port) and would hold the
+# run forever without a --timeout: it is stopped, and the run ends with the aggregator's results.
+COLLABORATOR_GRACE_SECONDS = 60.0
+
+
 def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, *, console: Console,
               timeout: float | None = None, poll_interval: float = 0.5) -> FederationProgress:
     """Run until every participant exited 0; on any failure, timeout or Ctrl-C stop them all."""
     progress = FederationProgress(manifest, started=time.time())
     events = EventTail(layout.workspace(AGGREGATOR) / "logs" / "events.jsonl")
+    # What earlier attempts of a resumed federation logged counts in its results but is not news:
+    # only what this run's participants log is shown as it happens.
+    progress.add_history(events.new_events())
+    log_start = {name: file_size(launcher.log_path(name)) for name in launcher.participants()}
     deadline = time.monotonic() + timeout if timeout else None
+    aggregator_done_at = None
     live = Live(progress, console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
     warn_if_memory_short(len(manifest.collaborators), console)
     launcher.start()
@@ -93,11 +114,20 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
             progress.update_states(states)
             failed = [s for s in states.values() if s.returncode not in (None, 0)]
             if failed:
-                _fail(launcher, failed[0].name, f"{failed[0].name} exited with code {failed[0].returncode}", progress)
+                _fail(launcher, failed[0].name, f"{failed[0].name} exited with code {failed[0].returncode}", progress,
+                      log_start)
             if all(s.returncode == 0 for s in states.values()):
                 break
+            if getattr(states.get(AGGREGATOR), "returncode", None) == 0:
+                aggregator_done_at = aggregator_done_at or time.monotonic()
+                if time.monotonic() - aggregator_done_at > COLLABORATOR_GRACE_SECONDS:
+                    stragglers = sorted(s.name for s in states.values() if s.returncode is None)
+                    console.print(f"[yellow]warning:[/] {', '.join(stragglers)} still running "
+                                  f"{COLLABORATOR_GRACE_SECONDS:.0f} s after the aggregator finished all rounds: stopped")
+                    launcher.stop()
+                    break
             if deadline and time.monotonic() > deadline:
-                _fail(launcher, AGGREGATOR, f"the federation did not finish within {timeout:.0f} s", progress)
+                _fail(launcher, AGGREGATOR, f"the federation did not finish within {timeout:.0f} s", progress, log_start)
             time.sleep(poll_interval)
         for event in events.new_events():
             progress.apply(event)
@@ -116,8 +146,8 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
         launcher.stop()
 
 
-def _fail(launcher: Launcher, name: str, reason: str, progress: FederationProgress) -> None:
+def _fail(launcher: Launcher, name: str, reason: str, progress: FederationProgress, log_start: dict[str, int]) -> None:
     launcher.stop()
     progress.update_states(launcher.states())
     raise FederationFailed(reason, hint=f"full log: {launcher.log_path(name)}", participant=name,
-                           log_tail=error_excerpt(launcher.log_tail(name, 400)))
+                           log_tail=error_excerpt(launcher.log_tail(name, 400, since=log_start.get(name, 0))))

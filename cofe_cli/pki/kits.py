@@ -38,6 +38,7 @@ from cofe_cli import __version__
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
 from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.locks import federation_locked
 from cofe_cli.pki.authority import CertificateAuthority
 from cofe_cli.pki.requests import (
     FORMAT_VERSION,
@@ -306,57 +307,57 @@ def import_kit(kit_path: Path, site_dir: Path, *, data: Path | None = None, forc
     site = FederationLayout(site_dir)
     plan_files = {member.split("/", 1)[1]: members[member]
                   for member in (*PLAN_MEMBERS, INIT_MEMBER) if member in members}
-    plans_action = _plans_state(site, plan_files, force)
-    workspace = site.workspace(name)
-    if workspace.exists() and not force:
-        raise CofeError(f"{site.root} already holds {name}'s workspace",
-                        hint="pass --force to import the kit again (its key, certificates and data setting are kept)")
-    workspace_action = "updated" if workspace.exists() else "created"
-    warnings: list[str] = []
+    with federation_locked(site):  # refused while a run or a participant uses the site directory
+        plans_action = _plans_state(site, plan_files, force)
+        workspace = site.workspace(name)
+        if workspace.exists() and not force:
+            raise CofeError(f"{site.root} already holds {name}'s workspace",
+                            hint="pass --force to import the kit again (its key, certificates and data setting are kept)")
+        workspace_action = "updated" if workspace.exists() else "created"
+        warnings: list[str] = []
 
-    site.root.mkdir(parents=True, exist_ok=True)
-    stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-import-", dir=site.root)))
-    try:
-        for filename, content in plan_files.items():
-            atomic_write_bytes(stage.plans / filename, content)
-        previous_data = collaborator_data_folder(site, name) if workspace.exists() and name != AGGREGATOR else None
-        data_folder = data or previous_data
-        write_workspace(stage, name, {name: str(data_folder)} if data_folder else {})
-        staged = stage.workspace(name)
-        extras = {KIT_JSON: members[KIT_JSON], README_MEMBER: members[README_MEMBER]}
-        if name != AGGREGATOR:
-            extras |= {member: members[member] for member in TEMPLATE_MEMBERS}
-        elif INIT_MEMBER in members:
-            extras[f"save/{INIT_MODEL}"] = members[INIT_MEMBER]
-        paths = participant_cert_paths(site, manifest, name)
-        chain = members[CHAIN_MEMBER]
-        if not paths.cert.is_file() or not paths.chain.is_file() or paths.chain.read_bytes() == chain:
-            extras[str(paths.chain.relative_to(workspace))] = chain
-        else:
-            warnings.append(f"{name}'s certificate here comes from another CA than this kit's; make a new request "
-                            f"(`cofe certify request --dir {site.root} --force`) and have it signed")
-        # Everything is staged; from here on only renames and small atomic writes.
-        if plans_action == "created":
-            os.replace(stage.plans, site.plans)
-        elif plans_action == "kept" and INIT_MODEL in plan_files:  # the aggregator's kit joins a site
-            atomic_write_bytes(site.plans / INIT_MODEL, plan_files[INIT_MODEL])
-        elif plans_action == "replaced":
-            os.replace(site.plans, stage.root / "plans.replaced")
-            os.replace(stage.plans, site.plans)
-        if workspace_action == "created":
-            for relative, content in extras.items():
-                atomic_write_bytes(staged / relative, content)
-            site.workspaces.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, workspace)
-        else:
-            # An existing workspace keeps cert/, save/, logs/ and local_state/: only its plan/ is swapped.
-            if (workspace / "plan").exists():
-                os.replace(workspace / "plan", stage.root / "plan.replaced")
-            os.replace(staged / "plan", workspace / "plan")
-            for relative, content in extras.items():
-                atomic_write_bytes(workspace / relative, content)
-    finally:
-        shutil.rmtree(stage.root, ignore_errors=True)
+        stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-import-", dir=site.root)))
+        try:
+            for filename, content in plan_files.items():
+                atomic_write_bytes(stage.plans / filename, content)
+            previous_data = collaborator_data_folder(site, name) if workspace.exists() and name != AGGREGATOR else None
+            data_folder = data or previous_data
+            write_workspace(stage, name, {name: str(data_folder)} if data_folder else {})
+            staged = stage.workspace(name)
+            extras = {KIT_JSON: members[KIT_JSON], README_MEMBER: members[README_MEMBER]}
+            if name != AGGREGATOR:
+                extras |= {member: members[member] for member in TEMPLATE_MEMBERS}
+            elif INIT_MEMBER in members:
+                extras[f"save/{INIT_MODEL}"] = members[INIT_MEMBER]
+            paths = participant_cert_paths(site, manifest, name)
+            chain = members[CHAIN_MEMBER]
+            if not paths.cert.is_file() or not paths.chain.is_file() or paths.chain.read_bytes() == chain:
+                extras[str(paths.chain.relative_to(workspace))] = chain
+            else:
+                warnings.append(f"{name}'s certificate here comes from another CA than this kit's; make a new request "
+                                f"(`cofe certify request --dir {site.root} --force`) and have it signed")
+            # Everything is staged; from here on only renames and small atomic writes.
+            if plans_action == "created":
+                os.replace(stage.plans, site.plans)
+            elif plans_action == "kept" and INIT_MODEL in plan_files:  # the aggregator's kit joins a site
+                atomic_write_bytes(site.plans / INIT_MODEL, plan_files[INIT_MODEL])
+            elif plans_action == "replaced":
+                os.replace(site.plans, stage.root / "plans.replaced")
+                os.replace(stage.plans, site.plans)
+            if workspace_action == "created":
+                for relative, content in extras.items():
+                    atomic_write_bytes(staged / relative, content)
+                site.workspaces.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, workspace)
+            else:
+                # An existing workspace keeps cert/, save/, logs/ and local_state/: only its plan/ is swapped.
+                if (workspace / "plan").exists():
+                    os.replace(workspace / "plan", stage.root / "plan.replaced")
+                os.replace(staged / "plan", workspace / "plan")
+                for relative, content in extras.items():
+                    atomic_write_bytes(workspace / relative, content)
+        finally:
+            shutil.rmtree(stage.root, ignore_errors=True)
     template = workspace / TEMPLATE_FOLDER if name != AGGREGATOR else None
     return ImportResult(name, role, manifest.name, manifest.plan_sha384, kit["root_fingerprint"],
                         f"{manifest.aggregator_address}:{manifest.aggregator_port}", workspace, plans_action,

@@ -4,6 +4,7 @@ claims; a name not in the plan) while the federation still finishes."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 
@@ -20,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki import CertificateAuthority
 from cofe_cli.pki.revocation import build_crl
-from federation_helpers import cofe, cofe_background, free_port, processes_using, wait_for_port
+from federation_helpers import cofe, cofe_background, collaborator_args, free_port, processes_using, wait_for_port
 
 pytestmark = pytest.mark.federation
 
@@ -98,6 +99,7 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
         busy = cofe("start", "aggregator", "--dir", fed)
     assert busy.returncode == 2 and f"port {port} is already in use" in busy.stderr, busy.stderr
     assert "Traceback" not in busy.stderr
+    assert len((busy.stdout + busy.stderr).splitlines()) == 2, "one error line and its hint, no plan dump before them"
 
     aggregator = cofe_background("start", "aggregator", "--dir", fed, log=tmp_path / "aggregator.out")
     wait_for_port(port)
@@ -136,6 +138,8 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
     revoked_run = cofe("start", "collaborator", "site_a", "--dir", fed, timeout=300)
     assert revoked_run.returncode == 1, revoked_run.stdout + revoked_run.stderr
     assert "the aggregator refused site_a: its certificate is revoked" in revoked_run.stderr
+    assert "Traceback" not in revoked_run.stdout + revoked_run.stderr
+    assert revoked_run.stderr.splitlines()[-1].startswith("hint: ask the coordinator"), revoked_run.stderr
     _revoke_serials(ca, fed / "workspaces" / "aggregator" / "cert" / "crl.pem", second.cert_pem)
 
     no_data = cofe("start", "collaborator", "site_b", "--dir", fed)
@@ -155,3 +159,44 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
 
     restarted = cofe("start", "aggregator", "--dir", fed)
     assert restarted.returncode == 2 and "already finished" in restarted.stderr
+
+
+def test_one_aggregator_per_directory_and_per_port(tmp_path, site_data, fast_config):
+    first, second = tmp_path / "first", tmp_path / "second"
+    port = free_port()
+    cofe("init", "--dir", first, "--gandlf-config", fast_config, *collaborator_args(site_data), "--rounds", 1,
+         "--port", port, check=True)
+    cofe("certify", "--dir", first, check=True)
+    shutil.copytree(first, second)  # another federation on the same port
+
+    # Started together, both may pass the port check before either binds: gRPC would then let both
+    # bind (SO_REUSEPORT) and share the collaborators out between them. One must fail, in one line.
+    aggregators = {fed: cofe_background("start", "aggregator", "--dir", fed, log=tmp_path / f"{fed.name}.out")
+                   for fed in (first, second)}
+    wait_for_port(port)
+    deadline = time.monotonic() + 120
+    while all(proc.poll() is None for proc in aggregators.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    exited = {fed: proc for fed, proc in aggregators.items() if proc.poll() is not None}
+    outputs = {fed.name: (tmp_path / f"{fed.name}.out").read_text(errors="replace") for fed in aggregators}
+    assert len(exited) == 1, outputs
+    (loser_fed, loser), = exited.items()
+    (fed, aggregator), = ((f, p) for f, p in aggregators.items() if f != loser_fed)
+    assert loser.returncode == 2, outputs
+    assert f"error: port {port} is already in use" in outputs[loser_fed.name] and "Traceback" not in outputs[loser_fed.name]
+    assert "[blue]" not in outputs[fed.name], "OpenFL's plan dump belongs in the log file only"
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sharer:
+        sharer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError):
+            sharer.bind(("::", port))  # the aggregator's port is its own
+
+    # On the same directory, whatever else would write to it is refused, naming the aggregator.
+    for args in (("start", "aggregator"), ("run",)):
+        refused = cofe(*args, "--dir", fed, timeout=120)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"is in use by pid {aggregator.pid} (`cofe start aggregator --dir {fed}`" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    aggregator.terminate()
+    assert aggregator.wait(timeout=60) == 130
+    assert processes_using(tmp_path) == []

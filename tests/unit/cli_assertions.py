@@ -1,6 +1,18 @@
-"""Assertions on a finished `cofe` command, shared by the unit tests that drive the real CLI."""
+"""Running the real `cofe` CLI and asserting on how it ended, shared by the unit tests that drive it."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_cofe(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m cofe_cli ARGS` as a user runs it, without colours, on a wide terminal."""
+    return subprocess.run([sys.executable, "-m", "cofe_cli", *map(str, args)], cwd=cwd,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"}, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def ok(result):

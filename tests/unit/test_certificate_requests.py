@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_assertions import ok, refused
+from cli_assertions import ok, refused, run_cofe
 from unit_federation import gandlf_config, write_federation
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -53,8 +53,7 @@ def _env() -> dict[str, str]:
 
 
 def cofe(*args: str | Path, cwd: Path) -> Result:
-    done = subprocess.run([sys.executable, "-m", "cofe_cli", *map(str, args)], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    done = run_cofe(*args, cwd=cwd, timeout=TIMEOUT_S)
     return Result(done.returncode, done.stdout, done.stderr)
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import time
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
+from cofe_cli.errors import FederationFailed
 from cofe_cli.events import EventLog, EventTail
 from cofe_cli.federation import FederationLayout, Manifest
+from cofe_cli.launch import supervisor
+from cofe_cli.launch.processes import ProcessFederation
 from cofe_cli.launch.progress import FederationProgress
 from cofe_cli.launch.report import summary_table, write_results
-from cofe_cli.launch.supervisor import ParticipantState
+from cofe_cli.launch.supervisor import ParticipantState, supervise
 
 MANIFEST = Manifest(name="t", collaborators=("site_a", "site_b"), rounds=2, aggregator_address="localhost",
                     aggregator_port=50051, algorithm="fedavg", plan_sha384="0" * 96, versions={})
@@ -80,3 +87,86 @@ def test_error_excerpt_keeps_the_traceback_in_view():
     excerpt = error_excerpt(log)
     assert excerpt[0].startswith("Traceback") and "ValueError: bad volume" in excerpt and len(excerpt) <= 25
     assert error_excerpt(["a", "b"]) == ["a", "b"]
+
+
+# ---------------------------------------------------------------- the supervisor, with stand-in participants
+
+
+class StandIns(ProcessFederation):
+    """The process launcher itself, starting a small Python program in place of each `cofe start`."""
+
+    def __init__(self, layout: FederationLayout, programs: dict[str, str]):
+        super().__init__(layout, MANIFEST)
+        self.programs = programs
+
+    def command(self, name: str) -> list[str]:
+        return [sys.executable, "-c", self.programs[name]]
+
+
+def _emit(events_file: Path, *events: dict) -> str:
+    """A program that appends `events` to the aggregator's event log, as the aggregator would."""
+    lines = "".join(json.dumps({"time": 1.0, **e}) + "\n" for e in events)
+    return f"open({str(events_file)!r}, 'a').write({lines!r})"
+
+
+def _metrics_round(round_number: int, dice: float) -> list[dict]:
+    return [*({"event": "metric", "collaborator": site, "round": round_number, "task": "aggregated_model_validation",
+               "metric": "valid_dice", "value": dice} for site in MANIFEST.collaborators),
+            {"event": "round_end", "round": round_number, "metrics": {}}]
+
+
+def test_a_resumed_run_shows_only_its_own_events_and_reports_every_round(tmp_path):
+    layout = FederationLayout(tmp_path / "fed")
+    events_file = layout.workspace("aggregator") / "logs" / "events.jsonl"
+    events_file.parent.mkdir(parents=True)
+    earlier = [{"event": "started", "round": 0, "rounds": 2, "resumed": False}, *_metrics_round(0, 0.1)]
+    events_file.write_text("".join(json.dumps({"time": 1.0, **e}) + "\n" for e in earlier))  # an interrupted run
+    now = [{"event": "started", "round": 1, "rounds": 2, "resumed": True}, *_metrics_round(1, 0.4),
+           {"event": "finished", "rounds": 2}]
+    launcher = StandIns(layout, {"aggregator": _emit(events_file, *now), "site_a": "pass", "site_b": "pass"})
+    console = Console(record=True, width=200)
+
+    progress = supervise(launcher, layout, MANIFEST, console=console, poll_interval=0.05)
+
+    shown = console.export_text()
+    assert "round 2 of 2 done: site_a valid_dice=0.400" in shown and "(resumed)" in shown
+    assert "round 1 of 2 done" not in shown, "the earlier run's events are not news"
+    rows = list(csv.DictReader((write_results(layout, progress) / "metrics.csv").open()))
+    assert sorted({r["round"] for r in rows}) == ["0", "1"]
+
+
+def test_a_failure_shows_only_what_this_run_logged(tmp_path):
+    layout = FederationLayout(tmp_path / "fed")
+    log = layout.workspace("site_a") / "logs" / "site_a.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("Traceback (most recent call last):\nValueError: an earlier run's failure\n")
+    crash = "import sys; print('cannot read volume 3 of this run'); sys.exit(3)"
+    launcher = StandIns(layout, {"aggregator": "import time; time.sleep(60)", "site_a": crash, "site_b": "pass"})
+
+    with pytest.raises(FederationFailed) as failed:
+        supervise(launcher, layout, MANIFEST, console=Console(record=True), poll_interval=0.05)
+
+    assert failed.value.message == "site_a exited with code 3"
+    assert failed.value.log_tail == ["cannot read volume 3 of this run"]
+
+
+def test_collaborators_left_running_after_the_aggregator_finished_are_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(supervisor, "COLLABORATOR_GRACE_SECONDS", 1.0)
+    layout = FederationLayout(tmp_path / "fed")
+    events_file = layout.workspace("aggregator") / "logs" / "events.jsonl"
+    events_file.parent.mkdir(parents=True)
+    stuck = "import time; time.sleep(600)"  # waits for an aggregator that is gone
+    launcher = StandIns(layout, {"aggregator": _emit(events_file, *_metrics_round(0, 0.2), *_metrics_round(1, 0.3),
+                                                     {"event": "finished", "rounds": 2}),
+                                 "site_a": "pass", "site_b": stuck})
+    console = Console(record=True, width=200)
+    started = time.monotonic()
+
+    progress = supervise(launcher, layout, MANIFEST, console=console, poll_interval=0.05)
+
+    assert time.monotonic() - started < 30
+    assert progress.finished and progress.sites["site_b"].returncode not in (None, 0)
+    assert "site_b still running 1 s after the aggregator finished all rounds: stopped" in console.export_text()
+    assert launcher.states()["site_b"].returncode is not None
+    rows = list(csv.DictReader((write_results(layout, progress) / "metrics.csv").open()))
+    assert sorted({r["round"] for r in rows}) == ["0", "1"]

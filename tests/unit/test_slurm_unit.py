@@ -38,6 +38,8 @@ def test_collaborator_script(layout):
         assert expected in directives, expected
     assert any(d.startswith("--job-name=cofe-") and d.endswith("-site_a") for d in directives)
     assert "export OMP_NUM_THREADS=3" in script and "COFE_LOG_CAPTURED=1" in script
+    # `cofe run` holds the federation's locks on the login node: the job's `cofe start` must not take them.
+    assert f"export COFE_LOCKS_HELD_BY={os.getpid()}" in script
     assert f"exec /opt/venv/bin/python -m cofe_cli start collaborator site_a --dir {layout.root} --device cuda" in script
 
 
