@@ -63,7 +63,7 @@ def _model_file(layout: FederationLayout, model: str) -> Path:
 
 
 def _run(layout, evaluation, eval_manifest, sites, *, model: str, plan_sha384: str, timeout: float | None) -> None:
-    from cofe_cli.engine.participant import check_port_free
+    from cofe_cli.ports import check_port_free
     from cofe_cli.launch.processes import ProcessFederation
     from cofe_cli.launch.report import evaluation_rows, evaluation_table, write_evaluation
     from cofe_cli.launch.supervisor import supervise

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 
 from openfl.callbacks import Callback
 from openfl.component import Aggregator
 
 from cofe_cli.events import EventLog
+from cofe_cli.metrics import headline_metric, higher_is_better
+
+logger = logging.getLogger("cofe")
+GLOBAL_VALIDATION_TASK = "aggregated_model_validation"
 
 
 class _RoundEvents(Callback):
@@ -47,6 +52,34 @@ class ObservedAggregator(Aggregator):
         self.events.emit("task_done", collaborator=collaborator_name, round=round_number, task=task_name)
         super().send_local_task_results(collaborator_name, round_number, task_name, data_size, named_tensors)
         self._drain_metrics()
+
+    # OpenFL keeps as "best" whatever beats one score on ANY validation metric, loss included: with
+    # a loss near 1 and a Dice near 0 the best model was the round with the highest loss (measured on
+    # the demo: best.pbuf held round 1 of 3, the worst Dice). The best model is chosen here instead,
+    # on the headline metric of the global model's validation, in the direction that metric improves.
+    # The score (larger is better) lives in OpenFL's best_model_score, which its database persists.
+    def _compute_validation_related_task_metrics(self, task_name) -> dict:
+        self._choosing_best, best_score = True, self.best_model_score
+        try:
+            metrics = super()._compute_validation_related_task_metrics(task_name)
+        finally:
+            self._choosing_best, self.best_model_score = False, best_score  # OpenFL's update of it undone
+        if task_name == GLOBAL_VALIDATION_TASK and not self.assigner.is_task_group_evaluation():
+            prefix = f"aggregator/{task_name}/"
+            values = {key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)}
+            name = headline_metric(values)
+            if name is not None:
+                score = values[name] if higher_is_better(name) else -values[name]
+                if self.best_model_score is None or score > self.best_model_score:
+                    self.best_model_score = score
+                    super()._save_model(self.round_number, self.best_state_path)
+                    logger.info("round %d: best model so far (%s %.4f)", self.round_number, name, values[name])
+        return metrics
+
+    def _save_model(self, round_number, file_path):
+        if file_path == self.best_state_path and getattr(self, "_choosing_best", False):
+            return  # OpenFL's own choice of the best model, replaced above
+        super()._save_model(round_number, file_path)
 
     def _drain_metrics(self) -> None:
         # OpenFL puts every reported metric (per collaborator and aggregated) on this queue and

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cofe_cli.federation import AGGREGATOR, Manifest
+from cofe_cli.metrics import headline_metric
 
 TASK_LABELS = {
     "aggregated_model_validation": "validating global model",
@@ -35,15 +36,6 @@ class _Site:
     round: int | None = None
     returncode: int | None = None
     peak_rss: int = 0
-
-
-def headline_metric(names) -> str | None:
-    """The metric a person looks at first: Dice for segmentation, else the first non-loss one."""
-    names = list(names)
-    for candidate in names:
-        if "dice" in candidate:
-            return candidate
-    return next((n for n in names if "loss" not in n), names[0] if names else None)
 
 
 class FederationProgress:

@@ -13,7 +13,8 @@ from rich.table import Table
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.engine.gandlf_model import MODEL_DIR
 from cofe_cli.fsutil import atomic_write_text, staged_dir
-from cofe_cli.launch.progress import SHORT_TASK, FederationProgress, headline_metric
+from cofe_cli.launch.progress import SHORT_TASK, FederationProgress
+from cofe_cli.metrics import headline_metric
 
 METRICS_FILE = "metrics.csv"
 MODELS = {"last.pbuf": "final_model.pbuf", "best.pbuf": "best_model.pbuf", "last.pt": "final_model.pt", "best.pt": "best_model.pt"}

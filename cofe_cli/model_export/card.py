@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cofe_cli.federation import AGGREGATOR, Manifest
+from cofe_cli.metrics import headline_metric
 from cofe_cli.plan.data import problem_type_of
 
 VALIDATION_TASK = "aggregated_model_validation"
@@ -30,8 +31,6 @@ def read_csv_rows(path: Path) -> list[dict]:
 def last_round_validation(metrics_rows: list[dict]) -> tuple[int | None, list[SiteFigure]]:
     """The global model's validation in the last round that has one: per site, and the aggregator's
     weighted mean (OpenFL weighs each site by its number of validation subjects)."""
-    from cofe_cli.launch.progress import headline_metric
-
     rows = [r for r in metrics_rows if r.get("task") == VALIDATION_TASK]
     if not rows:
         return None, []
