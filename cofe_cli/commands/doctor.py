@@ -24,6 +24,8 @@ What each check really verifies, and what it cannot:
   certificate (presented in the handshake), this site's certificate and kit.json's export time. A
   timestamp more than a minute in this machine's future means this clock is behind. A clock that is
   ahead cannot be seen this way; the kernel's NTP state (Linux) is shown as well.
+- model (aggregator): the initial model its plan loads (save/init.pbuf) has the SHA-384 federation.yaml
+  records, which the federation fingerprint read back at import covers.
 - data: collaborators' train.csv/valid.csv load as `cofe start` checks them (columns, channels, files).
 - environment: cofe, openfl, gandlf and torch here are the versions the plan recorded (federation.yaml).
 """
@@ -521,6 +523,19 @@ def check_plan(layout: FederationLayout, manifest: Manifest, participant: str) -
                          "workspace holds that plan")
 
 
+def check_initial_model_file(workspace: Path, manifest: Manifest) -> Check:
+    from cofe_cli.federation import check_initial_model
+    from cofe_cli.plan.workspaces import aggregator_init_model
+
+    model = aggregator_init_model(workspace)
+    try:
+        check_initial_model(model, manifest)
+    except CofeError as error:
+        return _fail("model", error.message, error.hint or "import the aggregator's kit again")
+    return _pass("model", f"the initial model {model} has the SHA-384 federation.yaml records "
+                          f"({manifest.init_model_sha384[:16]}...)")
+
+
 def check_listen_port(port: int) -> Check:
     error = listen_error(port)
     if error is not None:
@@ -610,10 +625,7 @@ def run_checks(layout: FederationLayout, manifest: Manifest, participant: str, *
                     kernel=kernel_clock_state(), at_aggregator=is_aggregator))
     gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) if (layout.plans / GANDLF_FILE).is_file() else {}
     if is_aggregator:
-        init_model = workspace / "save" / "init.pbuf"
-        add(_pass("model", f"the initial model is here ({init_model})") if init_model.is_file() else
-            _fail("model", f"the initial model {init_model} is missing",
-                  "import the aggregator's kit again (`cofe import KIT --force`); it carries plans/init.pbuf"))
+        add(check_initial_model_file(workspace, manifest))
     else:
         folder = Path(data).expanduser().resolve() if data else collaborator_data_folder(layout, participant)
         add(check_data(folder, gandlf_config or {}, participant=participant))

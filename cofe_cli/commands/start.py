@@ -14,10 +14,10 @@ import typer
 
 from cofe_cli.console import console, print_error
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_initial_model
 from cofe_cli.pki.workspace_certs import require_certificates
 from cofe_cli.plan.data import check_data_folder, problem_type_of
-from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder, set_collaborator_data
+from cofe_cli.plan.workspaces import GANDLF_FILE, aggregator_init_model, collaborator_data_folder, set_collaborator_data
 
 app = typer.Typer(help="Run one participant of a federation (aggregator or collaborator).", no_args_is_help=True)
 
@@ -50,6 +50,7 @@ def aggregator(
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     require_certificates(layout, manifest, AGGREGATOR)
+    check_initial_model(aggregator_init_model(layout.workspace(AGGREGATOR)), manifest)
     if restart:
         clear_aggregator_state(layout)
     if container:
