@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cofe_cli.console import console
+from cofe_cli.console import console, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
@@ -58,6 +58,7 @@ def certify(
         table.add_row(participant, action)
     console.print(table)
     console.print(f"Root CA fingerprint (SHA-256): {CertificateAuthority.load(layout.ca).root_fingerprint()}")
+    warn_exposed_private_keys(layout, manifest)
 
 
 def _say(text: str) -> None:
@@ -131,6 +132,7 @@ def ca(
     _say("Read it out to every site (by phone, not in the e-mail that carries their kit): they check it with "
          "`cofe certify install --expect-root-fingerprint`.")
     _say(f"Next: [bold]cofe export collaborator NAME --dir {escape(str(layout.root))}[/] for each site.")
+    warn_exposed_private_keys(layout, manifest)
 
 
 # ---------------------------------------------------------------- request (at the site)
@@ -268,7 +270,8 @@ def status(dir: Path = _DIR) -> None:
     from cofe_cli.pki.revocation import inventory
 
     layout = FederationLayout(dir)
-    layout.load_manifest()
+    manifest = layout.load_manifest()
+    warn_exposed_private_keys(layout, manifest)
     found = inventory(layout)
     if CertificateAuthority.exists(layout.ca):
         authority = CertificateAuthority.load(layout.ca)

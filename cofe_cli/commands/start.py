@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from cofe_cli.console import console, print_error
+from cofe_cli.console import console, print_error, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_initial_model
 from cofe_cli.pki.workspace_certs import require_certificates
@@ -50,6 +50,7 @@ def aggregator(
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     require_certificates(layout, manifest, AGGREGATOR)
+    warn_exposed_private_keys(layout, manifest)
     check_initial_model(aggregator_init_model(layout.workspace(AGGREGATOR)), manifest)
     if restart:
         clear_aggregator_state(layout)
@@ -73,6 +74,7 @@ def collaborator(
     manifest = layout.load_manifest()
     manifest.require_collaborator(name)
     require_certificates(layout, manifest, name)
+    warn_exposed_private_keys(layout, manifest)
     if gpus and not container:
         raise CofeError("--gpus goes with --container", hint="outside a container pass --device cuda to train on this machine's GPU")
     prepare_collaborator_data(layout, name, data)

@@ -6,6 +6,8 @@ OpenFL reads `cert/cert_chain.crt`, `cert/server/agg_<address>.{crt,key}` and
 
 from __future__ import annotations
 
+import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,45 @@ def participant_cert_paths(layout: FederationLayout, manifest: Manifest, partici
     if participant == AGGREGATOR:
         return aggregator_cert_paths(workspace, manifest.aggregator_address)
     return collaborator_cert_paths(workspace, participant)
+
+
+@dataclass(frozen=True)
+class KeyExposure:
+    """Private keys (and the CA's key folder) that group or others may read, and the chmod that closes them."""
+
+    paths: list[tuple[Path, int]]  # (path, its permission bits)
+
+    @property
+    def message(self) -> str:
+        shown = ", ".join(f"{path} (mode {mode:04o})" for path, mode in self.paths)
+        return f"private keys readable by group or others: {shown}"
+
+    @property
+    def fix(self) -> str:
+        files = [str(path) for path, _ in self.paths if not path.is_dir()]
+        folders = [str(path) for path, _ in self.paths if path.is_dir()]
+        commands = ([shlex.join(["chmod", "600", *files])] if files else []) + \
+                   ([shlex.join(["chmod", "700", *folders])] if folders else [])
+        return " && ".join(commands) + " (only their owner may read private keys)"
+
+
+def exposed_private_keys(layout: FederationLayout, manifest: Manifest) -> KeyExposure | None:
+    """Every private key in this directory (the CA's, every participant's) open to group or others; None if none is."""
+    from cofe_cli.pki.authority import ROOT_KEY
+
+    private = (layout.ca / ROOT_KEY).parent
+    candidates = [private, *sorted(private.glob("*"))] if private.is_dir() else []
+    candidates += [participant_cert_paths(layout, manifest, participant).key
+                   for participant in (AGGREGATOR, *manifest.collaborators)]
+    exposed = []
+    for path in candidates:
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+        except OSError:  # not there: nothing to expose
+            continue
+        if mode & 0o077:
+            exposed.append((path, mode))
+    return KeyExposure(exposed) if exposed else None
 
 
 def require_certificates(layout: FederationLayout, manifest: Manifest, participant: str) -> None:
