@@ -52,7 +52,7 @@ from cofe_cli.pki.authority import (
     make_private_key_and_csr,
     verify_issued_by,
 )
-from cofe_cli.pki.workspace_certs import CertPaths, participant_cert_paths
+from cofe_cli.pki.workspace_certs import CertPaths, issued_by, participant_cert_paths
 from cofe_cli.plan.builder import plan_hash
 from cofe_cli.plan.workspaces import PLAN_FILE
 
@@ -539,14 +539,6 @@ def issued_record(layout: FederationLayout, name: str) -> Path:
     return layout.ca / ISSUED_DIR / f"{name}.crt"
 
 
-def issued_by(cert: x509.Certificate, ca: CertificateAuthority) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca.signing_cert)
-    except Exception:  # wrong issuer name, signature or key type: not ours
-        return False
-    return True
-
-
 def current_certificate(layout: FederationLayout, manifest: Manifest, ca: CertificateAuthority,
                          name: str) -> Path | None:
     """A certificate of this CA already issued to `name`: the sign record, or (one-step certify) the workspace's."""
@@ -663,13 +655,28 @@ def archive_old_record(record: Path) -> None:
     """A replaced certificate stays on record (ca/issued/archive/<name>.<serial>.crt) for status and revoke."""
     if not record.is_file():
         return
-    try:
-        serial = format(x509.load_pem_x509_certificate(record.read_bytes()).serial_number, "x")
-    except ValueError:
-        serial = "damaged"
-    target = record.parent / ARCHIVED_DIR / f"{record.stem}.{serial}.crt"
+    target = _archived_path(record.parent, record.stem, record.read_bytes())
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(record, target)
+
+
+def _archived_path(issued: Path, name: str, cert_pem: bytes) -> Path:
+    try:
+        serial = format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
+    except ValueError:
+        serial = "damaged"
+    return issued / ARCHIVED_DIR / f"{name}.{serial}.crt"
+
+
+def keep_on_record(layout: FederationLayout, name: str, cert_pem: bytes, ca: CertificateAuthority) -> None:
+    """A certificate of this CA about to be replaced in a workspace stays on record, as a replaced sign
+    record does: `certify status` still lists it and `certify revoke` can still revoke it."""
+    try:
+        if not issued_by(x509.load_pem_x509_certificate(cert_pem), ca):
+            return  # not this CA's: nothing it could revoke
+    except ValueError:
+        return
+    atomic_write_bytes(_archived_path(layout.ca / ISSUED_DIR, name, cert_pem), cert_pem)
 
 
 def record_issued(layout: FederationLayout, name: str, cert_pem: bytes) -> Path:

@@ -548,3 +548,34 @@ def test_load_revoked_serials_checks_the_signer(flow: Flow, tmp_path: Path, othe
     der = tmp_path / "ours.der"
     der.write_bytes(x509.load_pem_x509_crl(ours.read_bytes()).public_bytes(serialization.Encoding.DER))
     assert load_revoked_serials(der, flow.ca.chain_pem()) == frozenset({1234})
+
+
+def test_status_piped_at_80_columns_never_cuts_a_name(tmp_path: Path) -> None:
+    """At 80 columns (what a pipe gets) the table cut every name to "hospit…": hospital_a and hospital_b read the same."""
+    names = ["hospital_a", "hospital_b", "university_medical_center_north"]
+    fed = write_federation(tmp_path / "FED", config=GANDLF_CONFIG, address=ADDRESS,
+                           collaborators=[CollaboratorData(name, None) for name in names]).root
+    ok(cofe("certify", "--dir", fed, cwd=tmp_path))
+    done = subprocess.run([sys.executable, "-m", "cofe_cli", "certify", "status", "--dir", str(fed)], cwd=tmp_path,
+                          env={**_env(), "COLUMNS": "80"}, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    status = ok(done).stdout
+    assert "…" not in status, status
+    first_cells = [line.split("│")[1].strip() for line in status.splitlines() if line.startswith("│")]
+    assert [cell for cell in first_cells if cell] == [AGGREGATOR, *names], status
+    expiry = f"{x509.load_pem_x509_certificate(cert_of(fed).read_bytes()).not_valid_after_utc:%Y-%m-%d}"
+    assert re.search(rf"│ hospital_a\s+│ collaborator\s+│ [0-9a-f]+\s+│ {expiry}\s+│", status), status
+
+
+@pytest.mark.parametrize("days", ["0", "-5", "10951", "10000000"])
+def test_out_of_range_validity_is_refused_by_every_command_that_takes_it(flow: Flow, copies, days: str) -> None:
+    """--validity-days 10000000 used to end in an OverflowError traceback."""
+    fed, _ = copies
+    before = tree(fed)
+    commands = [["certify", "--dir", fed], ["certify", "ca", "--dir", fed, "--force"],
+                ["certify", "ca", "--dir", fed, "--aggregator", "--force"],
+                ["certify", "sign", flow.request, "--dir", fed, "--force", "--expect-hash", request_hash(flow.request),
+                 "-o", fed.parent / "out.tar.gz"]]
+    for command in commands:
+        refused(cofe(*command, "--validity-days", days, cwd=fed.parent), f"--validity-days {days} is out of range")
+    assert tree(fed) == before and not (fed.parent / "out.tar.gz").exists()
