@@ -258,7 +258,7 @@ def test_three_hosts_each_with_its_own_directory_and_key(tmp_path, site_data, fa
         checked = hosts.cofe(name, "doctor", "--dir", sites[name], check=False)
         assert checked.returncode == 0, f"doctor at {name}:\n{checked.stdout}\n{checked.stderr}"
         passed = re.findall(r"^PASS (\w+)", checked.stdout, re.M)
-        assert passed == ["plan", "address", "port", "tls", "aggregator", "certificate", "clock", "data",
+        assert passed == ["plan", "address", "port", "tls", "aggregator", "certificate", "keys", "clock", "data",
                           "environment"], checked.stdout
         assert "Traceback" not in checked.stdout + checked.stderr
     timings["doctor at both sites"] = time.monotonic() - mark
