@@ -20,14 +20,8 @@ from cofe_cli.console import console, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
-from cofe_cli.pki.authority import (
-    DEFAULT_VALIDITY_DAYS,
-    CertificateAuthority,
-    check_key_matches_cert,
-    check_validity_days,
-    verify_issued_by,
-)
-from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
+from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_validity_days
+from cofe_cli.pki.workspace_certs import certificate_problem, certify_locally, participant_cert_paths
 
 app = typer.Typer(
     help="Create the federation's CA and certificates: in one step (no subcommand), or with keys that never "
@@ -89,19 +83,17 @@ def _local_aggregator_certificate(layout: FederationLayout, manifest: Manifest, 
 
     paths = participant_cert_paths(layout, manifest, AGGREGATOR)
     chain = ca.chain_pem()
-    if paths.present() and not force:
-        try:
-            verify_issued_by(paths.cert.read_bytes(), chain)
-            if check_key_matches_cert(paths.key.read_bytes(), paths.cert.read_bytes()):
-                if paths.chain.read_bytes() != chain:
-                    atomic_write_bytes(paths.chain, chain)
-                record_issued(layout, AGGREGATOR, paths.cert.read_bytes())
-                return "kept"
-        except CofeError:
-            pass
     if paths.key.exists() and not force:
-        raise CofeError(f"the aggregator already has a private key that this CA did not certify ({paths.key})",
-                        hint="pass --force to replace it with a new key and certificate")
+        problem = certificate_problem(paths, ca, manifest.aggregator_address)
+        if problem is not None:
+            # Not --force: with `ca` it would replace the CA, and every site's certificate with it.
+            raise CofeError(f"the aggregator {problem}",
+                            hint=f"for a new key and certificate from this CA, move {paths.key} away and run "
+                                 f"`cofe certify ca --dir {layout.root} --aggregator` again")
+        if not paths.chain.is_file() or paths.chain.read_bytes() != chain:
+            atomic_write_bytes(paths.chain, chain)
+        record_issued(layout, AGGREGATOR, paths.cert.read_bytes())
+        return "kept"
     signed = current_certificate(layout, manifest, ca, AGGREGATOR)
     if signed is not None and not force:
         raise CofeError(f"the aggregator already has a certificate from this CA ({signed}), signed from its request",

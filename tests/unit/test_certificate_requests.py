@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cli_assertions import ok, refused
-from unit_federation import gandlf_config, write_federation
+from unit_federation import EXPIRED, expired_copy, gandlf_config, write_federation
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -33,6 +33,7 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.pki import CertificateAuthority, check_key_matches_cert, describe_certificate, verify_issued_by
 from cofe_cli.pki.revocation import build_crl, load_revoked_serials
+from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.plan.workspaces import CollaboratorData
 
 COLLABORATORS = ("hospital_a", "hospital_b")
@@ -456,6 +457,25 @@ def test_aggregator_request_sign_install(flow: Flow, tmp_path: Path) -> None:
     assert not list((fed / "workspaces").rglob("*.key"))
     # The coordinator cannot then certify a second aggregator on its own host by accident.
     refused(cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path), "the aggregator already has a certificate")
+
+
+def test_an_expired_aggregator_certificate_at_the_coordinator_is_named_and_the_ca_kept(flow: Flow, tmp_path: Path) -> None:
+    """`certify ca --aggregator` used to say "a private key that this CA did not certify" and suggest --force,
+    which with `ca` replaces the CA."""
+    fed = tmp_path / "FED"
+    shutil.copytree(flow.fed, fed)
+    ok(cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path))
+    paths = participant_cert_paths(FederationLayout(fed), FederationLayout(fed).load_manifest(), AGGREGATOR)
+    expired = expired_copy(paths, flow.ca, EXPIRED)
+    for path in (paths.cert, fed / "ca" / "issued" / "aggregator.crt"):
+        path.write_bytes(expired)
+    result = cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path)
+    refused(result, "the aggregator has a certificate that expired on 2024-03-01 12:00 UTC")
+    assert "--force" not in result.stderr and "move" in result.stderr
+    paths.key.unlink()  # what the hint says
+    ok(cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path))
+    verify_issued_by(paths.cert.read_bytes(), flow.ca.chain_pem())
+    assert CertificateAuthority.load(fed / "ca").root_fingerprint() == flow.fingerprint
 
 
 def test_the_one_step_certify_still_works(tmp_path: Path) -> None:

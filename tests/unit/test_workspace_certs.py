@@ -12,14 +12,14 @@ import shutil
 import stat
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import yaml
 import cli_assertions
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
+from unit_federation import EXPIRED, expired_copy
 
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
@@ -183,19 +183,7 @@ def _tampered_cert(paths, other, ca) -> None:
 
 
 def _expired_cert(paths, other, ca) -> None:
-    """Signed by this CA for this key, but its validity ended on EXPIRED."""
-    key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
-    current = x509.load_pem_x509_certificate(paths.cert.read_bytes())
-    builder = (x509.CertificateBuilder().subject_name(current.subject).issuer_name(ca.signing_cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(EXPIRED - timedelta(days=365)).not_valid_after(EXPIRED))
-    for extension in current.extensions:
-        if not isinstance(extension.value, x509.AuthorityKeyIdentifier):
-            builder = builder.add_extension(extension.value, critical=extension.critical)
-    paths.cert.write_bytes(builder.sign(ca._signing_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM))
-
-
-EXPIRED = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+    paths.cert.write_bytes(expired_copy(paths, ca, EXPIRED))
 
 
 @pytest.mark.parametrize(("damage", "problem"), [
