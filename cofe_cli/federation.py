@@ -9,6 +9,7 @@ FED/
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,20 @@ def check_collaborator_name(name: str) -> str:
             hint=f"use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit, e.g. {suggestion!r}",
         )
     return name
+
+
+def federation_fingerprint(plan_sha384: str, init_model_sha384: str) -> str:
+    identity = f"cofe federation\nplan.yaml sha384 {plan_sha384.lower()}\ninit.pbuf sha384 {init_model_sha384.lower()}\n"
+    return hashlib.sha384(identity.encode("ascii")).hexdigest()
+
+
+def file_sha384(path: Path) -> str:
+    """Read in chunks: an initial model can be larger than the memory one would spend on hashing it."""
+    digest = hashlib.sha384()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,8 @@ class Manifest:
     algorithm: str
     plan_sha384: str
     versions: dict
+    # SHA-384 of plans/init.pbuf, the weights round 0 starts from; None in a manifest of an older cofe.
+    init_model_sha384: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -103,6 +120,7 @@ class Manifest:
             "aggregator": {"address": self.aggregator_address, "port": self.aggregator_port},
             "algorithm": self.algorithm,
             "plan_sha384": self.plan_sha384,
+            "init_model_sha384": self.init_model_sha384,
             "versions": dict(self.versions),
         }
 
@@ -117,7 +135,23 @@ class Manifest:
             algorithm=data["algorithm"],
             plan_sha384=data["plan_sha384"],
             versions=dict(data.get("versions", {})),
+            init_model_sha384=data.get("init_model_sha384"),
         )
+
+    def fingerprint(self) -> str:
+        """What a site reads back to the coordinator: one SHA-384 over the plan's hash and the initial model's.
+
+        The plan alone does not say which weights round 0 starts from; a swapped init.pbuf must change
+        the value read out on the phone."""
+        return federation_fingerprint(self.plan_sha384, self.recorded_init_model_sha384())
+
+    def recorded_init_model_sha384(self) -> str:
+        if not self.init_model_sha384:
+            raise CofeError("federation.yaml records no hash of the initial model (made by an older cofe), so the "
+                            "federation's fingerprint cannot be shown or checked",
+                            hint="at the coordinator, re-create the federation with `cofe init --force` (the CA is "
+                                 "kept) and export the kits again")
+        return self.init_model_sha384.lower()
 
     def require_collaborator(self, name: str) -> None:
         if name not in self.collaborators:
@@ -125,3 +159,18 @@ class Manifest:
                 f"the plan has no collaborator {name!r} (it has: {', '.join(self.collaborators)})",
                 hint="check the spelling, or add the site with `cofe init --force` and a new --collaborator",
             )
+
+
+def check_initial_model(model: Path, manifest: Manifest) -> None:
+    """Raise unless `model` holds the initial weights federation.yaml records (what the aggregator serves in round 0)."""
+    recorded = manifest.recorded_init_model_sha384()
+    if not Path(model).is_file():
+        raise CofeError(f"the initial model {model} is missing",
+                        hint="import the aggregator's kit again (`cofe import KIT --force`; it carries plans/init.pbuf), "
+                             "or at the coordinator re-create the federation with `cofe init --force`")
+    actual = file_sha384(model)
+    if actual != recorded:
+        raise CofeError(f"the initial model {model} is not the federation's: its SHA-384 {actual[:16]}... is not "
+                        f"{recorded[:16]}..., which federation.yaml records",
+                        hint="do not start from it; import the aggregator's kit again (`cofe import KIT --force`), "
+                             "or at the coordinator copy plans/init.pbuf to workspaces/aggregator/save/init.pbuf")

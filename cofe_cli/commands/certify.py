@@ -14,14 +14,15 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from cofe_cli.console import console
+from cofe_cli.console import console, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.locks import federation_locked
-from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_key_matches_cert, verify_issued_by
-from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
+from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_validity_days
+from cofe_cli.pki.workspace_certs import certificate_problem, certify_locally, participant_cert_paths
 
 app = typer.Typer(
     help="Create the federation's CA and certificates: in one step (no subcommand), or with keys that never "
@@ -40,26 +41,29 @@ def certify(
     dir: Path = typer.Option(Path("."), "--dir", "-d", help="Federation directory."),
     force: bool = typer.Option(False, "--force", help="Replace the CA, keys and certificates that exist."),
     validity_days: int = typer.Option(DEFAULT_VALIDITY_DAYS, "--validity-days", help="Certificate lifetime in days."),
+    reissue: list[str] = typer.Option(None, "--reissue", help="A new key and certificate for this participant from the existing CA (the CA and the others stay). Repeat."),
 ) -> None:
     """For a federation run by one party: a CA and every participant's certificate in one step."""
     if ctx.invoked_subcommand is not None:
         # By name: typer may bring its own copy of click, whose ParameterSource is another enum.
-        given = [f"--{name.replace('_', '-')}" for name in ("dir", "force", "validity_days")
+        given = [f"--{name.replace('_', '-')}" for name in ("dir", "force", "validity_days", "reissue")
                  if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
         if given:  # `cofe certify --dir FED status` would otherwise act on the current folder
             sub = ctx.invoked_subcommand
             raise CofeError(f"{' '.join(given)} given before `{sub}`: there it is an option of the one-step certify",
                             hint=f"put the options after the subcommand: `cofe certify {sub} --dir DIR ...`")
         return
+    check_validity_days(validity_days)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     with federation_locked(layout):
-        actions = certify_locally(layout, manifest, force=force, validity_days=validity_days)
+        actions = certify_locally(layout, manifest, force=force, validity_days=validity_days, reissue=reissue or ())
     table = Table("participant", "certificate", title="Certificates")
     for participant, action in actions:
         table.add_row(participant, action)
     console.print(table)
-    console.print(f"Root CA fingerprint (SHA-256): {CertificateAuthority.load(layout.ca).root_fingerprint()}")
+    _say(f"Root CA fingerprint (SHA-256): {CertificateAuthority.load(layout.ca).root_fingerprint()}")
+    warn_exposed_private_keys(layout, manifest)
 
 
 def _say(text: str) -> None:
@@ -81,19 +85,17 @@ def _local_aggregator_certificate(layout: FederationLayout, manifest: Manifest, 
 
     paths = participant_cert_paths(layout, manifest, AGGREGATOR)
     chain = ca.chain_pem()
-    if paths.present() and not force:
-        try:
-            verify_issued_by(paths.cert.read_bytes(), chain)
-            if check_key_matches_cert(paths.key.read_bytes(), paths.cert.read_bytes()):
-                if paths.chain.read_bytes() != chain:
-                    atomic_write_bytes(paths.chain, chain)
-                record_issued(layout, AGGREGATOR, paths.cert.read_bytes())
-                return "kept"
-        except CofeError:
-            pass
     if paths.key.exists() and not force:
-        raise CofeError(f"the aggregator already has a private key that this CA did not certify ({paths.key})",
-                        hint="pass --force to replace it with a new key and certificate")
+        problem = certificate_problem(paths, ca, manifest.aggregator_address)
+        if problem is not None:
+            # Not --force: with `ca` it would replace the CA, and every site's certificate with it.
+            raise CofeError(f"the aggregator {problem}",
+                            hint=f"for a new key and certificate from this CA, move {paths.key} away and run "
+                                 f"`cofe certify ca --dir {layout.root} --aggregator` again")
+        if not paths.chain.is_file() or paths.chain.read_bytes() != chain:
+            atomic_write_bytes(paths.chain, chain)
+        record_issued(layout, AGGREGATOR, paths.cert.read_bytes())
+        return "kept"
     signed = current_certificate(layout, manifest, ca, AGGREGATOR)
     if signed is not None and not force:
         raise CofeError(f"the aggregator already has a certificate from this CA ({signed}), signed from its request",
@@ -115,6 +117,7 @@ def ca(
     """At the coordinator: the federation's root and signing CA, without any participant's key."""
     from cofe_cli.pki.revocation import aggregator_crl_path, ca_crl_path
 
+    check_validity_days(validity_days)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     with federation_locked(layout):
@@ -134,6 +137,7 @@ def ca(
     _say("Read it out to every site (by phone, not in the e-mail that carries their kit): they check it with "
          "`cofe certify install --expect-root-fingerprint`.")
     _say(f"Next: [bold]cofe export collaborator NAME --dir {escape(str(layout.root))}[/] for each site.")
+    warn_exposed_private_keys(layout, manifest)
 
 
 # ---------------------------------------------------------------- request (at the site)
@@ -187,6 +191,7 @@ def sign(
         sign_request,
     )
 
+    check_validity_days(validity_days)
     if expect_hash is not None:
         parse_expected_hash(expect_hash)  # a mistyped hash is refused before anything is read
     layout = FederationLayout(dir)
@@ -273,7 +278,8 @@ def status(dir: Path = _DIR) -> None:
     from cofe_cli.pki.revocation import inventory
 
     layout = FederationLayout(dir)
-    layout.load_manifest()
+    manifest = layout.load_manifest()
+    warn_exposed_private_keys(layout, manifest)
     found = inventory(layout)
     if CertificateAuthority.exists(layout.ca):
         authority = CertificateAuthority.load(layout.ca)
@@ -284,17 +290,33 @@ def status(dir: Path = _DIR) -> None:
     if not found.records:
         _say("No certificate issued yet.")
         return
-    table = Table("participant", "role", "serial", "expires", "days left", "revoked", "CA", "file",
-                  title="Certificates")
-    for record in sorted(found.records, key=lambda r: (r.name != AGGREGATOR, r.name, r.not_after)):
+    records = sorted(found.records, key=lambda r: (r.name != AGGREGATOR, r.name, r.not_after))
+    rows = []
+    for record in records:
         days = record.days_left
         days_text = "expired" if days < 0 else str(days)
         if days < 30:
             days_text = f"[bold red]{days_text}[/]"
         revoked = {True: "[bold red]revoked[/]", False: "no", None: "unknown"}[record.revoked]
         where = record.source.relative_to(layout.root) if record.source.is_relative_to(layout.root) else record.source
-        table.add_row(escape(record.name), record.role, format(record.serial, "x"), f"{record.not_after:%Y-%m-%d}",
-                      days_text, revoked, "this" if record.from_this_ca else "[yellow]other[/]", escape(str(where)))
-    console.print(table)
+        rows.append((escape(record.name), record.role, format(record.serial, "x"), f"{record.not_after:%Y-%m-%d}",
+                     days_text, revoked, "this" if record.from_this_ca else "[yellow]other[/]", escape(str(where))))
+    # A narrow terminal (or a pipe: 80 columns) squeezes the table. Nothing is cut short (hospital_a and
+    # hospital_b both read "hospit…" otherwise): names, roles, dates and states keep their width, serials
+    # and paths fold onto more lines, and a table that still does not fit is printed wider, not cropped.
+    table, needed = Table(title="Certificates"), 1
+    for index, title in enumerate(("participant", "role", "serial", "expires", "days left", "revoked", "CA", "file")):
+        if title in ("serial", "file"):
+            width = 12
+            table.add_column(title, overflow="fold", min_width=width)
+        else:
+            width = max(len(title), *(Text.from_markup(row[index]).cell_len for row in rows))
+            table.add_column(title, no_wrap=True, min_width=width)
+        needed += width + 3  # the cell's padding and its right border
+    for row in rows:
+        table.add_row(*row)
+    if needed > console.width:
+        table.width = needed  # wider than the console: the lines wrap there, but nothing is cut
+    console.print(table, crop=False)
     if found.crl is not None:
         _say(f"Revocations from {escape(str(found.crl))}")

@@ -19,11 +19,15 @@ What each check really verifies, and what it cannot:
   cofe's CRL; it changes nothing there. Only for collaborators: the aggregator pings nobody.
 - certificate: this participant's certificate is here, matches its key, chains to the federation's
   CA, carries its name (the aggregator's: the plan address), is valid already and for --min-days more.
+- keys: no private key here (this participant's, any other's in a federation directory, the CA's and
+  its ca/private folder) is open to group or others; the fix is the chmod.
 - clock: the aggregator's clock cannot be read through OpenFL's protocol (no time in its messages).
   What is compared, with the coordinator's clock at the time it made them: the aggregator's
   certificate (presented in the handshake), this site's certificate and kit.json's export time. A
   timestamp more than a minute in this machine's future means this clock is behind. A clock that is
   ahead cannot be seen this way; the kernel's NTP state (Linux) is shown as well.
+- model (aggregator): the initial model its plan loads (save/init.pbuf) has the SHA-384 federation.yaml
+  records, which the federation fingerprint read back at import covers.
 - data: collaborators' train.csv/valid.csv load as `cofe start` checks them (columns, channels, files).
 - environment: cofe, openfl, gandlf and torch here are the versions the plan recorded (federation.yaml).
 """
@@ -383,6 +387,15 @@ def check_certificate(cert_pem: bytes | None, key_pem: bytes | None, chain_pem: 
                                f"chains to the root {root[:11]}..."), cert
 
 
+def check_private_keys(layout: FederationLayout, manifest: Manifest) -> Check:
+    from cofe_cli.pki.workspace_certs import exposed_private_keys
+
+    exposure = exposed_private_keys(layout, manifest)
+    if exposure is not None:
+        return _fail("keys", exposure.message, exposure.fix)
+    return _pass("keys", "every private key here (and the CA's key folder, if any) is readable by its owner only")
+
+
 def issued_at(cert: x509.Certificate) -> datetime:
     """When the coordinator signed a cofe certificate, by its clock (cofe back-dates not_before by an hour)."""
     from cofe_cli.pki.authority import _CLOCK_SKEW
@@ -521,6 +534,19 @@ def check_plan(layout: FederationLayout, manifest: Manifest, participant: str) -
                          "workspace holds that plan")
 
 
+def check_initial_model_file(workspace: Path, manifest: Manifest) -> Check:
+    from cofe_cli.federation import check_initial_model
+    from cofe_cli.plan.workspaces import aggregator_init_model
+
+    model = aggregator_init_model(workspace)
+    try:
+        check_initial_model(model, manifest)
+    except CofeError as error:
+        return _fail("model", error.message, error.hint or "import the aggregator's kit again")
+    return _pass("model", f"the initial model {model} has the SHA-384 federation.yaml records "
+                          f"({manifest.init_model_sha384[:16]}...)")
+
+
 def check_listen_port(port: int) -> Check:
     error = listen_error(port)
     if error is not None:
@@ -606,14 +632,12 @@ def run_checks(layout: FederationLayout, manifest: Manifest, participant: str, *
             add(_ping_check(workspace, host, port, chain=chain, cert=cert_pem, key=key_pem, sender=participant,
                             timeout=max(20.0, timeout)))
     add(certificate)
+    add(check_private_keys(layout, manifest))
     add(check_clock(server_cert=server_cert, own_cert=own_cert, kit_created=_kit_created(workspace),
                     kernel=kernel_clock_state(), at_aggregator=is_aggregator))
     gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) if (layout.plans / GANDLF_FILE).is_file() else {}
     if is_aggregator:
-        init_model = workspace / "save" / "init.pbuf"
-        add(_pass("model", f"the initial model is here ({init_model})") if init_model.is_file() else
-            _fail("model", f"the initial model {init_model} is missing",
-                  "import the aggregator's kit again (`cofe import KIT --force`); it carries plans/init.pbuf"))
+        add(check_initial_model_file(workspace, manifest))
     else:
         folder = Path(data).expanduser().resolve() if data else collaborator_data_folder(layout, participant)
         add(check_data(folder, gandlf_config or {}, participant=participant))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -14,12 +14,12 @@ import typer
 from cofe_cli import __version__
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, file_sha384
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml, plan_hash
 from cofe_cli.plan.data import check_data_folder, problem_type_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
-from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation
+from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
 
 DEFAULT_PORT = 50051
 
@@ -116,6 +116,9 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
                     validate_with_gandlf(gandlf_config)
                     check_plan(stage.workspace(AGGREGATOR))
                     write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
+            # The weights are part of the federation's identity: their hash goes into the fingerprint read back.
+            manifest = replace(manifest, init_model_sha384=file_sha384(stage.plans / INIT_MODEL))
+            write_manifest(stage, manifest)
             shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
             _swap_in(stage, layout)
             if changes:

@@ -37,7 +37,7 @@ def _export(name: str, dir: Path, out: Path | None, force: bool) -> None:
         _say(f"[yellow]warning:[/] {escape(warning)}")
     _say(f"[green]Kit for {escape(name)}[/] ({result.role}): [bold]{escape(str(result.path))}[/]")
     _say(f"  holds: {escape(', '.join(result.members))} (no private key)")
-    _say(f"  plan sha384: {group_hex(result.plan_sha384)}")
+    _say(f"  federation fingerprint (plan + initial model): {group_hex(result.fingerprint)}")
     _say("  (the site reads it back to you after `cofe import`)")
     _say(f"  root CA fingerprint: {result.root_fingerprint}")
     _say("  (read it out to the site by phone: it checks it with `cofe certify install --expect-root-fingerprint`)")
@@ -83,6 +83,7 @@ def import_kit(
             _say(f"Data: not given yet; the CSV columns it needs are in {escape(str(result.template))}/ "
                  f"(give the folder with --data here or to `cofe start collaborator`)")
     _say(f"Aggregator: {escape(result.aggregator)}")
-    _say("Plan hash (read it back to the coordinator; it must match what `cofe export` showed):")
-    _say(f"  [bold]{group_hex(result.plan_sha384)}[/]")
+    _say("Federation fingerprint, over the plan and the initial model (read it back to the coordinator; it must "
+         "match what `cofe export` showed):")
+    _say(f"  [bold]{group_hex(result.fingerprint)}[/]")
     _say(f"Next: [bold]cofe certify request --dir {escape(str(root))}[/]")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import typer
 
-from cofe_cli.console import console, print_error
+from cofe_cli.console import console, print_error, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_initial_model
 from cofe_cli.locks import participant_locked
 from cofe_cli.pki.workspace_certs import require_certificates
 from cofe_cli.plan.data import check_data_folder, problem_type_of
-from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder, set_collaborator_data
+from cofe_cli.plan.workspaces import GANDLF_FILE, aggregator_init_model, collaborator_data_folder, set_collaborator_data
 from cofe_cli.ports import check_port_free
 
 app = typer.Typer(help="Run one participant of a federation (aggregator or collaborator).", no_args_is_help=True)
@@ -53,6 +53,8 @@ def aggregator(
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     require_certificates(layout, manifest, AGGREGATOR)
+    warn_exposed_private_keys(layout, manifest)
+    check_initial_model(aggregator_init_model(layout.workspace(AGGREGATOR)), manifest)
     with participant_locked(layout, AGGREGATOR):
         # Before OpenFL is loaded and parses the plan: a taken port is the likeliest reason not to start.
         check_port_free(manifest.aggregator_port)
@@ -78,6 +80,7 @@ def collaborator(
     manifest = layout.load_manifest()
     manifest.require_collaborator(name)
     require_certificates(layout, manifest, name)
+    warn_exposed_private_keys(layout, manifest)
     if gpus and not container:
         raise CofeError("--gpus goes with --container", hint="outside a container pass --device cuda to train on this machine's GPU")
     with participant_locked(layout, name):

@@ -24,6 +24,7 @@ from cofe_cli.fsutil import atomic_write_bytes
 
 # A study must not expire mid-way; OpenFL's 365 days is too short for a multi-site study.
 DEFAULT_VALIDITY_DAYS = 3 * 365
+MAX_VALIDITY_DAYS = 30 * 365
 
 ROOT_CERT = "root-ca.crt"
 SIGNING_CERT = "signing-ca.crt"
@@ -95,7 +96,7 @@ class CertificateAuthority:
                 f"a CA already exists in {ca_dir}",
                 hint="use --force to replace it; every certificate it signed will stop working",
             )
-        _check_validity(validity_days)
+        check_validity_days(validity_days)
         root_key = _new_key()
         root_cert = _certificate(
             subject=_name(f"{name} Root CA"),
@@ -235,7 +236,7 @@ class CertificateAuthority:
         kind: Literal["server", "client"],
         validity_days: int,
     ) -> x509.Certificate:
-        _check_validity(validity_days)
+        check_validity_days(validity_days)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if kind == "server":
             usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
@@ -391,9 +392,13 @@ def _common_name(name: x509.Name) -> str:
     return str(attributes[0].value) if attributes else ""
 
 
-def _check_validity(validity_days: int) -> None:
-    if validity_days < 1:
-        raise CofeError(f"validity of {validity_days} days is not positive", hint="give a number of days >= 1")
+def check_validity_days(validity_days: int) -> None:
+    """Refuse a lifetime before any key is made: 0 or less is no certificate, and far beyond a study's
+    length it is a typo (and past year 9999 no date can hold it)."""
+    if not 1 <= validity_days <= MAX_VALIDITY_DAYS:
+        raise CofeError(f"--validity-days {validity_days} is out of range: a certificate lives 1 to "
+                        f"{MAX_VALIDITY_DAYS} days (30 years)",
+                        hint=f"e.g. --validity-days {DEFAULT_VALIDITY_DAYS} (3 years, the default)")
 
 
 def _check_public_key(public_key) -> None:

@@ -16,33 +16,40 @@ kit.json: {"format": "cofe-site-kit", "version": 1, "federation": NAME, "partici
 "columns"} (collaborators), "created", "cofe_version", "files": {member: sha256 hex} for every member
 but kit.json}.
 
-`cofe import` reads it with `read_archive` (regular files with expected names only, bounded sizes),
-checks every hash, refuses a plan whose hash is not kit.json's and federation.yaml's ("the plan was
-edited after export"), and builds SITE/plans/ and SITE/workspaces/<name>/ in a staging folder that
-is renamed into place. The plan hash it prints is read back to the coordinator, which is what
-catches a kit whose kit.json was rewritten along with its plan.
+`cofe import` reads it with `read_archive` (regular files with expected names only, bounded sizes,
+bounded unpacked size and ratio; the initial model streamed to disk) into a staging folder inside
+SITE, checks every hash, refuses a plan whose hash is not kit.json's and federation.yaml's ("the plan
+was edited after export"), an initial model whose SHA-384 is not federation.yaml's, and an initial
+model in a collaborator's kit, then renames SITE/plans/ and SITE/workspaces/<name>/ into place.
+
+The federation fingerprint it prints (`Manifest.fingerprint`: SHA-384 over the plan's and the
+initial model's SHA-384) is read back to the coordinator. That is what catches a kit whose kit.json
+and federation.yaml were rewritten along with its plan or its initial model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from cofe_cli import __version__
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, check_initial_model
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.locks import federation_locked
 from cofe_cli.pki.authority import CertificateAuthority
 from cofe_cli.pki.requests import (
     FORMAT_VERSION,
     ArchiveSpec,
+    StreamedMember,
     chain_root_fingerprint,
     check_plan_unchanged,
     group_hex,
@@ -54,7 +61,7 @@ from cofe_cli.pki.requests import (
     write_archive,
 )
 from cofe_cli.pki.workspace_certs import participant_cert_paths
-from cofe_cli.plan.builder import plan_hash
+from cofe_cli.plan.builder import INIT_STATE_PATH, plan_hash
 from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, check_data_folder, problem_type_of
 from cofe_cli.plan.workspaces import COLS_FILE, GANDLF_FILE, INIT_MODEL, PLAN_FILE, collaborator_data_folder, write_workspace
 
@@ -73,6 +80,8 @@ README_MEMBER = "README.txt"
 
 _MiB = 1024 * 1024
 _KIT_HINT = "ask the coordinator for the kit `cofe export` wrote, and copy it again (the whole file)"
+# Only the aggregator's kit carries a large member, the initial model (random weights: it hardly
+# compresses). A kit unpacks to at most 16 times its size, 64 MiB whatever its size, 2 GiB and a bit in all.
 KIT_ARCHIVE = ArchiveSpec(
     "site kit",
     {KIT_JSON: _MiB, **{name: 16 * _MiB for name in PLAN_MEMBERS}, INIT_MEMBER: 2048 * _MiB,
@@ -80,11 +89,30 @@ KIT_ARCHIVE = ArchiveSpec(
     frozenset({KIT_JSON, *PLAN_MEMBERS, CHAIN_MEMBER, README_MEMBER}),
     _KIT_HINT,
     max_archive_bytes=2112 * _MiB,
+    streamed=frozenset({INIT_MEMBER}),
+    max_ratio=16,
+    ratio_floor=64 * _MiB,
 )
+_FRESH_KIT_HINT = "do not use this kit; ask the coordinator for a fresh one (`cofe export`)"
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _sha256(data: bytes | StreamedMember) -> str:
+    return data.sha256 if isinstance(data, StreamedMember) else hashlib.sha256(data).hexdigest()
+
+
+def _place(content: bytes | StreamedMember, target: Path) -> None:
+    """Write a member where it belongs, atomically. A streamed one (the initial model, maybe GiBs) is
+    linked from where it was read to, in the same staging folder: no second copy on disk."""
+    if not isinstance(content, StreamedMember):
+        atomic_write_bytes(target, content)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        os.link(content.path, partial)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(content.path, partial)
+    os.replace(partial, target)
 
 
 def data_template(gandlf_config: dict) -> tuple[str | None, list[str]]:
@@ -96,13 +124,14 @@ def data_template(gandlf_config: dict) -> tuple[str | None, list[str]]:
 
 
 def _readme(manifest: Manifest, name: str, kit_file: str, root_fingerprint: str, columns: list[str]) -> str:
-    plan = group_hex(manifest.plan_sha384)
+    identity = group_hex(manifest.fingerprint())
     endpoint = f"{manifest.aggregator_address}:{manifest.aggregator_port}"
     if name == AGGREGATOR:
         steps = f"""\
 1. cofe import {kit_file} --dir SITE
-   SITE is a new folder. Read the plan hash it prints back to the coordinator; it must be:
-   {plan}
+   SITE is a new folder. Read the federation fingerprint it prints back to the coordinator
+   (it covers the plan and the initial model); it must be:
+   {identity}
 2. cofe certify request --dir SITE [--san OTHER.NAME ...]
    Makes this aggregator's private key (it stays in SITE/workspaces/aggregator/cert/server/,
    mode 0600, and never leaves) and aggregator.csr.tar.gz. The certificate names {manifest.aggregator_address}
@@ -121,8 +150,9 @@ def _readme(manifest: Manifest, name: str, kit_file: str, root_fingerprint: str,
    SITE is a new folder; /path/to/data holds GaNDLF's train.csv and valid.csv, with the columns
    of data-template/: {",".join(columns)}
    (one row per subject; Channel_* and Label are paths to image files, relative to the CSV's folder
-   or absolute). Read the plan hash it prints back to the coordinator; it must be:
-   {plan}
+   or absolute). Read the federation fingerprint it prints back to the coordinator
+   (it covers the plan and the initial model); it must be:
+   {identity}
 2. cofe certify request --dir SITE
    Makes this site's private key (it stays in SITE/workspaces/{name}/cert/client/, mode 0600,
    and never leaves this machine) and {name}.csr.tar.gz, which holds no secret.
@@ -149,6 +179,7 @@ class ExportResult:
     role: str
     path: Path
     plan_sha384: str
+    fingerprint: str
     root_fingerprint: str
     members: list[str]
     warnings: list[str] = field(default_factory=list)
@@ -163,6 +194,7 @@ def export_kit(layout: FederationLayout, name: str, *, out: Path | None = None, 
         raise CofeError(f"{layout.root} has no CA yet", hint=f"make it first: `cofe certify ca --dir {layout.root}`")
     ca = CertificateAuthority.load(layout.ca)
     check_plan_unchanged(layout, manifest)
+    fingerprint = manifest.fingerprint()  # refuses a manifest that records no initial model
     members: dict[str, bytes] = {}
     for member in PLAN_MEMBERS:
         path = layout.plans / member.split("/", 1)[1]
@@ -172,6 +204,7 @@ def export_kit(layout: FederationLayout, name: str, *, out: Path | None = None, 
     warnings = []
     if name == AGGREGATOR:
         if (layout.plans / INIT_MODEL).is_file():
+            check_initial_model(layout.plans / INIT_MODEL, manifest)
             members[INIT_MEMBER] = (layout.plans / INIT_MODEL).read_bytes()
         else:
             warnings.append(f"{layout.plans / INIT_MODEL} is missing: the aggregator cannot start without the initial "
@@ -196,7 +229,7 @@ def export_kit(layout: FederationLayout, name: str, *, out: Path | None = None, 
     kit |= {"created": now_iso(), "cofe_version": __version__,
             "files": {member: _sha256(data) for member, data in members.items()}}
     write_archive(out, {KIT_JSON: json_bytes(kit), **members}, force=force)
-    return ExportResult(name, role_of(name), out, manifest.plan_sha384, ca.root_fingerprint(),
+    return ExportResult(name, role_of(name), out, manifest.plan_sha384, fingerprint, ca.root_fingerprint(),
                         [KIT_JSON, *members], warnings)
 
 
@@ -209,6 +242,7 @@ class ImportResult:
     role: str
     federation: str
     plan_sha384: str
+    fingerprint: str
     root_fingerprint: str
     aggregator: str
     workspace: Path
@@ -235,7 +269,7 @@ def _kit_manifest(members: dict[str, bytes], source: Path) -> dict:
     return kit
 
 
-def _check_members(kit: dict, members: dict[str, bytes], source: Path) -> Manifest:
+def _check_members(kit: dict, members: dict[str, bytes | StreamedMember], source: Path) -> Manifest:
     name = kit["participant"]
     listed, present = set(kit["files"]), set(members) - {KIT_JSON}
     if listed != present:
@@ -245,6 +279,9 @@ def _check_members(kit: dict, members: dict[str, bytes], source: Path) -> Manife
         raise CofeError(f"{source}: the archive's files are not the ones kit.json lists ({detail})", hint=_KIT_HINT)
     if name != AGGREGATOR and not set(TEMPLATE_MEMBERS) <= present:
         raise CofeError(f"{source}: the data template is missing", hint=_KIT_HINT)
+    if name != AGGREGATOR and INIT_MEMBER in present:
+        raise CofeError(f"{source}: a collaborator's kit carries {INIT_MEMBER}; only the aggregator's does "
+                        "(a collaborator receives the model from the aggregator)", hint=_FRESH_KIT_HINT)
     try:
         actual_plan = plan_hash(members[PLAN_MEMBER].decode("utf-8"))
         manifest = Manifest.from_dict(yaml.safe_load(members[MANIFEST_MEMBER]))
@@ -253,12 +290,16 @@ def _check_members(kit: dict, members: dict[str, bytes], source: Path) -> Manife
                         hint=_KIT_HINT) from None
     if not actual_plan == kit["plan_sha384"].lower() == manifest.plan_sha384.lower():
         raise CofeError(f"{source}: the plan was edited after export (its SHA-384 {actual_plan[:16]}... is not the "
-                        f"federation's {kit['plan_sha384'][:16]}...)",
-                        hint="do not use this kit; ask the coordinator for a fresh one (`cofe export`)")
+                        f"federation's {kit['plan_sha384'][:16]}...)", hint=_FRESH_KIT_HINT)
     for member in sorted(listed):
         if _sha256(members[member]) != kit["files"][member].lower():
             raise CofeError(f"{source}: {member} was changed after export (its SHA-256 is not the one kit.json lists)",
-                            hint="do not use this kit; ask the coordinator for a fresh one (`cofe export`)")
+                            hint=_FRESH_KIT_HINT)
+    recorded_model = manifest.recorded_init_model_sha384()  # a kit of an older cofe: no fingerprint to read back
+    init_model = members.get(INIT_MEMBER)
+    if isinstance(init_model, StreamedMember) and init_model.sha384 != recorded_model:
+        raise CofeError(f"{source}: the initial model was changed after export (its SHA-384 {init_model.sha384[:16]}... "
+                        f"is not the {recorded_model[:16]}... federation.yaml records)", hint=_FRESH_KIT_HINT)
     if name != AGGREGATOR and name not in manifest.collaborators:
         raise CofeError(f"{source}: the kit is for {name!r}, which its plan does not list", hint=_KIT_HINT)
     try:
@@ -290,9 +331,35 @@ def _plans_state(site: FederationLayout, plan_files: dict[str, bytes], force: bo
     return "replaced"
 
 
+@contextlib.contextmanager
+def _staging(site: FederationLayout) -> Iterator[FederationLayout]:
+    """A staging folder inside the site (the kit is read into it: renames, not copies, put it in place).
+    It always goes; so do the site's folders it had to create, when the import fails."""
+    created = [folder for folder in (site.root, *site.root.parents) if not folder.exists()]
+    site.root.mkdir(parents=True, exist_ok=True)
+    stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-import-", dir=site.root)))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage.root, ignore_errors=True)
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(stage.root, ignore_errors=True)
+
+
 def import_kit(kit_path: Path, site_dir: Path, *, data: Path | None = None, force: bool = False) -> ImportResult:
     source = Path(kit_path).expanduser()
-    members = read_archive(source, KIT_ARCHIVE)
+    site = FederationLayout(site_dir)
+    with _staging(site) as stage:
+        members = read_archive(source, KIT_ARCHIVE, stream_to=stage.root / "incoming")
+        with federation_locked(site):  # refused while a run or a participant uses the site directory
+            return _import_members(members, source, site, stage, data=data, force=force)
+
+
+def _import_members(members: dict[str, bytes | StreamedMember], source: Path, site: FederationLayout,
+                    stage: FederationLayout, *, data: Path | None, force: bool) -> ImportResult:
     kit = _kit_manifest(members, source)
     manifest = _check_members(kit, members, source)
     name, role = kit["participant"], kit["role"]
@@ -304,62 +371,56 @@ def import_kit(kit_path: Path, site_dir: Path, *, data: Path | None = None, forc
         check_data_folder(data, problem_type=problem_type_of(gandlf_config),
                           channels=(gandlf_config.get("model") or {}).get("num_channels"))
 
-    site = FederationLayout(site_dir)
     plan_files = {member.split("/", 1)[1]: members[member]
                   for member in (*PLAN_MEMBERS, INIT_MEMBER) if member in members}
-    with federation_locked(site):  # refused while a run or a participant uses the site directory
-        plans_action = _plans_state(site, plan_files, force)
-        workspace = site.workspace(name)
-        if workspace.exists() and not force:
-            raise CofeError(f"{site.root} already holds {name}'s workspace",
-                            hint="pass --force to import the kit again (its key, certificates and data setting are kept)")
-        workspace_action = "updated" if workspace.exists() else "created"
-        warnings: list[str] = []
+    plans_action = _plans_state(site, plan_files, force)
+    workspace = site.workspace(name)
+    if workspace.exists() and not force:
+        raise CofeError(f"{site.root} already holds {name}'s workspace",
+                        hint="pass --force to import the kit again (its key, certificates and data setting are kept)")
+    workspace_action = "updated" if workspace.exists() else "created"
+    warnings: list[str] = []
 
-        stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-import-", dir=site.root)))
-        try:
-            for filename, content in plan_files.items():
-                atomic_write_bytes(stage.plans / filename, content)
-            previous_data = collaborator_data_folder(site, name) if workspace.exists() and name != AGGREGATOR else None
-            data_folder = data or previous_data
-            write_workspace(stage, name, {name: str(data_folder)} if data_folder else {})
-            staged = stage.workspace(name)
-            extras = {KIT_JSON: members[KIT_JSON], README_MEMBER: members[README_MEMBER]}
-            if name != AGGREGATOR:
-                extras |= {member: members[member] for member in TEMPLATE_MEMBERS}
-            elif INIT_MEMBER in members:
-                extras[f"save/{INIT_MODEL}"] = members[INIT_MEMBER]
-            paths = participant_cert_paths(site, manifest, name)
-            chain = members[CHAIN_MEMBER]
-            if not paths.cert.is_file() or not paths.chain.is_file() or paths.chain.read_bytes() == chain:
-                extras[str(paths.chain.relative_to(workspace))] = chain
-            else:
-                warnings.append(f"{name}'s certificate here comes from another CA than this kit's; make a new request "
-                                f"(`cofe certify request --dir {site.root} --force`) and have it signed")
-            # Everything is staged; from here on only renames and small atomic writes.
-            if plans_action == "created":
-                os.replace(stage.plans, site.plans)
-            elif plans_action == "kept" and INIT_MODEL in plan_files:  # the aggregator's kit joins a site
-                atomic_write_bytes(site.plans / INIT_MODEL, plan_files[INIT_MODEL])
-            elif plans_action == "replaced":
-                os.replace(site.plans, stage.root / "plans.replaced")
-                os.replace(stage.plans, site.plans)
-            if workspace_action == "created":
-                for relative, content in extras.items():
-                    atomic_write_bytes(staged / relative, content)
-                site.workspaces.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, workspace)
-            else:
-                # An existing workspace keeps cert/, save/, logs/ and local_state/: only its plan/ is swapped.
-                if (workspace / "plan").exists():
-                    os.replace(workspace / "plan", stage.root / "plan.replaced")
-                os.replace(staged / "plan", workspace / "plan")
-                for relative, content in extras.items():
-                    atomic_write_bytes(workspace / relative, content)
-        finally:
-            shutil.rmtree(stage.root, ignore_errors=True)
+    for filename, content in plan_files.items():
+        _place(content, stage.plans / filename)
+    previous_data = collaborator_data_folder(site, name) if workspace.exists() and name != AGGREGATOR else None
+    data_folder = data or previous_data
+    write_workspace(stage, name, {name: str(data_folder)} if data_folder else {})
+    staged = stage.workspace(name)
+    extras = {KIT_JSON: members[KIT_JSON], README_MEMBER: members[README_MEMBER]}
+    if name != AGGREGATOR:
+        extras |= {member: members[member] for member in TEMPLATE_MEMBERS}
+    elif INIT_MEMBER in members:
+        extras[INIT_STATE_PATH] = members[INIT_MEMBER]
+    paths = participant_cert_paths(site, manifest, name)
+    chain = members[CHAIN_MEMBER]
+    if not paths.cert.is_file() or not paths.chain.is_file() or paths.chain.read_bytes() == chain:
+        extras[str(paths.chain.relative_to(workspace))] = chain
+    else:
+        warnings.append(f"{name}'s certificate here comes from another CA than this kit's; make a new request "
+                        f"(`cofe certify request --dir {site.root} --force`) and have it signed")
+    for relative, content in extras.items():
+        _place(content, staged / relative)
+    # Everything is staged; from here on only renames.
+    if plans_action == "created":
+        os.replace(stage.plans, site.plans)
+    elif plans_action == "kept" and INIT_MODEL in plan_files:  # the aggregator's kit joins a site
+        os.replace(stage.plans / INIT_MODEL, site.plans / INIT_MODEL)
+    elif plans_action == "replaced":
+        os.replace(site.plans, stage.root / "plans.replaced")
+        os.replace(stage.plans, site.plans)
+    if workspace_action == "created":
+        site.workspaces.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, workspace)
+    else:
+        # An existing workspace keeps cert/, save/, logs/ and local_state/: only its plan/ is swapped.
+        if (workspace / "plan").exists():
+            os.replace(workspace / "plan", stage.root / "plan.replaced")
+        os.replace(staged / "plan", workspace / "plan")
+        for relative in extras:
+            (workspace / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged / relative, workspace / relative)
     template = workspace / TEMPLATE_FOLDER if name != AGGREGATOR else None
-    return ImportResult(name, role, manifest.name, manifest.plan_sha384, kit["root_fingerprint"],
+    return ImportResult(name, role, manifest.name, manifest.plan_sha384, manifest.fingerprint(), kit["root_fingerprint"],
                         f"{manifest.aggregator_address}:{manifest.aggregator_port}", workspace, plans_action,
                         workspace_action, data_folder if name != AGGREGATOR else None, template, warnings)
-

@@ -25,6 +25,7 @@ whole gzip stream read to its end (a truncated or foreign archive is a CofeError
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -51,7 +52,7 @@ from cofe_cli.pki.authority import (
     make_private_key_and_csr,
     verify_issued_by,
 )
-from cofe_cli.pki.workspace_certs import CertPaths, participant_cert_paths
+from cofe_cli.pki.workspace_certs import CertPaths, issued_by, participant_cert_paths
 from cofe_cli.plan.builder import plan_hash
 from cofe_cli.plan.workspaces import PLAN_FILE
 
@@ -72,6 +73,8 @@ ARCHIVED_DIR = "archive"  # under FED/ca/issued: earlier certificates replaced w
 
 _SMALL = 64 * 1024
 _TRAILING_LIMIT = 64 * 1024
+_TAR_FRAMING = 1024 * 1024  # headers and padding around the members, beyond their own bytes
+_CHUNK = 1024 * 1024
 _REQUEST_HINT = "ask the site for the <name>.csr.tar.gz that `cofe certify request` wrote"
 _SIGNED_HINT = "ask the coordinator for the <name>-signed.tar.gz that `cofe certify sign` wrote"
 
@@ -85,13 +88,21 @@ def role_of(name: str) -> str:
 
 @dataclass(frozen=True)
 class ArchiveSpec:
-    """What an archive of one kind may hold: member name -> most bytes, and which are required."""
+    """What an archive of one kind may hold: member name -> most bytes, and which are required.
+
+    Unpacking is bounded three ways, checked while the gzip stream is read (a decompression bomb is
+    refused before its bytes are held or written): each member's limit, their sum, and `max_ratio`
+    times the archive's size on disk (never less than `ratio_floor`). Members in `streamed` are
+    written to a file as they are read, hashed on the way, instead of being held in memory."""
 
     what: str
     limits: Mapping[str, int]
     required: frozenset[str]
     hint: str
     max_archive_bytes: int = 1024 * 1024
+    streamed: frozenset[str] = frozenset()
+    max_ratio: int = 16
+    ratio_floor: int = 1024 * 1024
 
     @property
     def folders(self) -> frozenset[str]:
@@ -100,6 +111,21 @@ class ArchiveSpec:
             parts = name.split("/")[:-1]
             parents.update("/".join(parts[: i + 1]) for i in range(len(parts)))
         return frozenset(parents)
+
+    def unpacked_budget(self, packed_bytes: int) -> int:
+        """The most bytes the tar stream inside an archive of `packed_bytes` may unpack to."""
+        ceiling = sum(self.limits.values()) + _TAR_FRAMING
+        return min(ceiling, max(self.ratio_floor, self.max_ratio * packed_bytes))
+
+
+@dataclass(frozen=True)
+class StreamedMember:
+    """A member read straight to a file (it may be too large to hold in memory), and its digests."""
+
+    path: Path
+    size: int
+    sha256: str
+    sha384: str
 
 
 REQUEST_ARCHIVE = ArchiveSpec("certificate request", {CSR_MEMBER: _SMALL, REQUEST_MEMBER: _SMALL},
@@ -118,51 +144,113 @@ def _member_name(raw: str, path: Path, spec: ArchiveSpec) -> str:
     return "/".join(part for part in parts if part not in ("", "."))
 
 
-def read_archive(path: Path, spec: ArchiveSpec) -> dict[str, bytes]:
-    """Every member of a gzip tar that `spec` allows, read into memory and checked; nothing is extracted."""
+class _BoundedStream:
+    """The decompressed tar stream, refusing to yield more than `budget` bytes: tarfile itself reads
+    pax headers whole into memory, so the bound must hold below it, not only per member."""
+
+    def __init__(self, raw, budget: int, refuse):
+        self._raw, self.budget, self.read_so_far, self._refuse = raw, budget, 0, refuse
+
+    def read(self, size: int = -1) -> bytes:
+        room = self.budget - self.read_so_far
+        data = self._raw.read(room + 1 if size is None or size < 0 else min(size, room + 1))
+        self.read_so_far += len(data)
+        if self.read_so_far > self.budget:
+            self._refuse()
+        return data
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def _copy_member(handle, size: int, write) -> None:
+    remaining = size
+    while remaining:
+        chunk = handle.read(min(remaining, _CHUNK))
+        if not chunk:
+            raise EOFError("member shorter than its header says")
+        write(chunk)
+        remaining -= len(chunk)
+
+
+def _stream_member(handle, size: int, target: Path) -> StreamedMember:
+    sha256, sha384 = hashlib.sha256(), hashlib.sha384()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "xb") as out:
+        def write(chunk: bytes) -> None:
+            sha256.update(chunk)
+            sha384.update(chunk)
+            out.write(chunk)
+
+        _copy_member(handle, size, write)
+    return StreamedMember(target, size, sha256.hexdigest(), sha384.hexdigest())
+
+
+def read_archive(path: Path, spec: ArchiveSpec, *, stream_to: Path | None = None) -> dict[str, bytes | StreamedMember]:
+    """Every member of a gzip tar that `spec` allows, checked; nothing is extracted. Members are held
+    in memory, except `spec.streamed` ones, which are written under `stream_to` (the caller's folder)."""
+    if spec.streamed and stream_to is None:
+        raise ValueError(f"a {spec.what} streams members to disk: pass stream_to")
     path = Path(path).expanduser()
     if not path.is_file():
         raise CofeError(f"{spec.what} not found: {path}", hint=spec.hint)
     size = path.stat().st_size
     if size > spec.max_archive_bytes:
         raise CofeError(f"{path} is {size} bytes, too large for a cofe {spec.what}", hint=spec.hint)
-    members: dict[str, bytes] = {}
+    budget = spec.unpacked_budget(size)
+
+    def too_large(detail: str = "") -> None:
+        raise CofeError(f"{path} would unpack to more than {_mib(budget)}{detail}, more than a cofe {spec.what} of "
+                        f"{_mib(size)} ever holds: refusing it as a decompression bomb", hint=spec.hint)
+
+    members: dict[str, bytes | StreamedMember] = {}
     entries = 0
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            for info in tar:
-                entries += 1
-                if entries > len(spec.limits) + len(spec.folders) + 1:
-                    raise CofeError(f"{path} holds more members than a cofe {spec.what} has", hint=spec.hint)
-                name = _member_name(info.name, path, spec)
-                if info.isdir():
-                    if name == "" or name in spec.folders:
-                        continue
-                    raise CofeError(f"{path} is not a cofe {spec.what}: unexpected folder {info.name!r}", hint=spec.hint)
-                if info.issym() or info.islnk():
-                    raise CofeError(f"{path} holds a link ({info.name!r}); a cofe {spec.what} never does", hint=spec.hint)
-                if not info.isreg():
-                    raise CofeError(f"{path} holds a special file ({info.name!r}); a cofe {spec.what} never does",
-                                    hint=spec.hint)
-                if name not in spec.limits:
-                    raise CofeError(f"{path} is not a cofe {spec.what}: unexpected member {info.name!r}", hint=spec.hint)
-                if name in members:
-                    raise CofeError(f"{path} holds {name!r} twice; refusing to guess which is meant", hint=spec.hint)
-                if info.size > spec.limits[name]:
-                    raise CofeError(f"{path}: member {name!r} is too large ({info.size} bytes)", hint=spec.hint)
-                handle = tar.extractfile(info)
-                data = handle.read() if handle is not None else b""
-                if len(data) != info.size:
-                    raise EOFError("member shorter than its header says")
-                members[name] = data
-            # Read the gzip stream to its end: a cut-off trailer or a bad CRC shows only there. What
-            # follows the last member is tar padding (under one 10 KiB record), never more.
-            trailing = 0
-            while chunk := tar.fileobj.read(64 * 1024):
-                trailing += len(chunk)
-                if trailing > _TRAILING_LIMIT:
-                    raise CofeError(f"{path} carries data after its last member; not a cofe {spec.what}",
-                                    hint=spec.hint)
+        with gzip.open(path, "rb") as unzipped:
+            stream = _BoundedStream(unzipped, budget, too_large)
+            # Stream mode ("r|"): read front to back once; the gzip layer below is what `budget` bounds.
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for info in tar:
+                    entries += 1
+                    if entries > len(spec.limits) + len(spec.folders) + 1:
+                        raise CofeError(f"{path} holds more members than a cofe {spec.what} has", hint=spec.hint)
+                    name = _member_name(info.name, path, spec)
+                    if info.isdir():
+                        if name == "" or name in spec.folders:
+                            continue
+                        raise CofeError(f"{path} is not a cofe {spec.what}: unexpected folder {info.name!r}",
+                                        hint=spec.hint)
+                    if info.issym() or info.islnk():
+                        raise CofeError(f"{path} holds a link ({info.name!r}); a cofe {spec.what} never does",
+                                        hint=spec.hint)
+                    if not info.isreg():
+                        raise CofeError(f"{path} holds a special file ({info.name!r}); a cofe {spec.what} never does",
+                                        hint=spec.hint)
+                    if name not in spec.limits:
+                        raise CofeError(f"{path} is not a cofe {spec.what}: unexpected member {info.name!r}",
+                                        hint=spec.hint)
+                    if name in members:
+                        raise CofeError(f"{path} holds {name!r} twice; refusing to guess which is meant", hint=spec.hint)
+                    if info.size > spec.limits[name]:
+                        raise CofeError(f"{path}: member {name!r} is too large ({info.size} bytes)", hint=spec.hint)
+                    if stream.read_so_far + info.size > budget:
+                        too_large(f" ({name!r} alone is {_mib(info.size)})")
+                    handle = tar.extractfile(info)
+                    if name in spec.streamed:
+                        members[name] = _stream_member(handle, info.size, stream_to / name)
+                    else:
+                        buffer = io.BytesIO()
+                        _copy_member(handle, info.size, buffer.write)
+                        members[name] = buffer.getvalue()
+                # Read the gzip stream to its end: a cut-off trailer or a bad CRC shows only there. What
+                # follows the last member is tar padding (under one 10 KiB record), never more.
+                trailing = 0
+                while chunk := tar.fileobj.read(64 * 1024):
+                    trailing += len(chunk)
+                    if trailing > _TRAILING_LIMIT:
+                        raise CofeError(f"{path} carries data after its last member; not a cofe {spec.what}",
+                                        hint=spec.hint)
     except CofeError:
         raise
     except PermissionError:
@@ -451,14 +539,6 @@ def issued_record(layout: FederationLayout, name: str) -> Path:
     return layout.ca / ISSUED_DIR / f"{name}.crt"
 
 
-def issued_by(cert: x509.Certificate, ca: CertificateAuthority) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca.signing_cert)
-    except Exception:  # wrong issuer name, signature or key type: not ours
-        return False
-    return True
-
-
 def current_certificate(layout: FederationLayout, manifest: Manifest, ca: CertificateAuthority,
                          name: str) -> Path | None:
     """A certificate of this CA already issued to `name`: the sign record, or (one-step certify) the workspace's."""
@@ -575,13 +655,28 @@ def archive_old_record(record: Path) -> None:
     """A replaced certificate stays on record (ca/issued/archive/<name>.<serial>.crt) for status and revoke."""
     if not record.is_file():
         return
-    try:
-        serial = format(x509.load_pem_x509_certificate(record.read_bytes()).serial_number, "x")
-    except ValueError:
-        serial = "damaged"
-    target = record.parent / ARCHIVED_DIR / f"{record.stem}.{serial}.crt"
+    target = _archived_path(record.parent, record.stem, record.read_bytes())
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(record, target)
+
+
+def _archived_path(issued: Path, name: str, cert_pem: bytes) -> Path:
+    try:
+        serial = format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
+    except ValueError:
+        serial = "damaged"
+    return issued / ARCHIVED_DIR / f"{name}.{serial}.crt"
+
+
+def keep_on_record(layout: FederationLayout, name: str, cert_pem: bytes, ca: CertificateAuthority) -> None:
+    """A certificate of this CA about to be replaced in a workspace stays on record, as a replaced sign
+    record does: `certify status` still lists it and `certify revoke` can still revoke it."""
+    try:
+        if not issued_by(x509.load_pem_x509_certificate(cert_pem), ca):
+            return  # not this CA's: nothing it could revoke
+    except ValueError:
+        return
+    atomic_write_bytes(_archived_path(layout.ca / ISSUED_DIR, name, cert_pem), cert_pem)
 
 
 def record_issued(layout: FederationLayout, name: str, cert_pem: bytes) -> Path:

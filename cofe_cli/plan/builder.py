@@ -84,7 +84,7 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
             "template": f"{ENGINE}.openfl_aggregator.ObservedAggregator",
             "settings": {
                 "rounds_to_train": options.rounds,
-                "init_state_path": "save/init.pbuf",
+                "init_state_path": INIT_STATE_PATH,
                 "best_state_path": "save/best.pbuf",
                 "last_state_path": "save/last.pbuf",
                 "db_store_rounds": 2,
@@ -145,6 +145,10 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
 
 def dump_yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+# Relative to the aggregator's workspace: the weights OpenFL's aggregator serves in round 0.
+INIT_STATE_PATH = "save/init.pbuf"
 
 
 def plan_hash(plan_yaml: str) -> str:

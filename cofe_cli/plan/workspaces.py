@@ -10,14 +10,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_text
-from cofe_cli.plan.builder import dump_yaml, render_cols, render_data_config
+from cofe_cli.plan.builder import INIT_STATE_PATH, dump_yaml, render_cols, render_data_config
 
 PLAN_FILE = "plan.yaml"
 COLS_FILE = "cols.yaml"
 GANDLF_FILE = "gandlf_config.yaml"
-INIT_MODEL = "init.pbuf"
+INIT_MODEL = Path(INIT_STATE_PATH).name  # plans/init.pbuf, copied to the aggregator's save/
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ def write_plans(layout: FederationLayout, plan_yaml: str, gandlf_config: dict, m
     atomic_write_text(layout.plans / PLAN_FILE, plan_yaml)
     atomic_write_text(layout.plans / COLS_FILE, render_cols(list(manifest.collaborators)))
     atomic_write_text(layout.plans / GANDLF_FILE, dump_yaml(gandlf_config))
+    write_manifest(layout, manifest)
+
+
+def write_manifest(layout: FederationLayout, manifest: Manifest) -> None:
     atomic_write_text(layout.manifest_file, dump_yaml(manifest.to_dict()))
 
 
@@ -42,6 +48,16 @@ def write_workspace(layout: FederationLayout, participant: str, data: dict[str, 
     shutil.copyfile(layout.plans / COLS_FILE, workspace / "plan" / COLS_FILE)
     atomic_write_text(workspace / "plan" / "data.yaml", render_data_config(data))
     return workspace
+
+
+def aggregator_init_model(workspace: Path) -> Path:
+    """The initial model OpenFL's aggregator loads: its plan's init_state_path, relative to its workspace."""
+    try:
+        plan = yaml.safe_load((workspace / "plan" / PLAN_FILE).read_text(encoding="utf-8"))
+        relative = plan["aggregator"]["settings"]["init_state_path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        relative = INIT_STATE_PATH  # no readable plan: OpenFL will not start either, and says so
+    return workspace / str(relative)
 
 
 def write_collaborator_data(layout: FederationLayout, collaborator: CollaboratorData) -> None:

@@ -13,6 +13,7 @@ Everything it creates is removed by the fixture's finaliser, also when the test 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cofe_cli.federation import federation_fingerprint
 from federation_helpers import SITES, cofe
 
 pytestmark = [pytest.mark.federation, pytest.mark.timeout(1800)]
@@ -206,7 +208,9 @@ def test_three_hosts_each_with_its_own_directory_and_key(tmp_path, site_data, fa
     # The coordinator: a plan that names the sites only, a CA, and one kit per participant.
     cofe("init", "--dir", fed, "--gandlf-config", fast_config, "--aggregator-address", AGGREGATOR_IP,
          "--port", PORT, "--collaborator", "site_a", "--collaborator", "site_b", "--rounds", 2, check=True)
-    plan_sha384 = yaml.safe_load((fed / "plans" / "federation.yaml").read_text())["plan_sha384"]
+    recorded = yaml.safe_load((fed / "plans" / "federation.yaml").read_text())
+    assert recorded["init_model_sha384"] == hashlib.sha384((fed / "plans" / "init.pbuf").read_bytes()).hexdigest()
+    identity = federation_fingerprint(recorded["plan_sha384"], recorded["init_model_sha384"])
     fingerprint = _grouped(FINGERPRINT, cofe("certify", "ca", "--dir", fed, check=True).stdout)
     for name in sites:
         role = ["aggregator"] if name == "aggregator" else ["collaborator", name]
@@ -218,7 +222,7 @@ def test_three_hosts_each_with_its_own_directory_and_key(tmp_path, site_data, fa
         data = [] if name == "aggregator" else ["--data", site_data[name]]
         imported = hosts.cofe(name, "import", mail / f"{name}-kit.tar.gz", "--dir", site, *data)
         read_back = _grouped(GROUPED_SHA384, imported.stdout).replace(" ", "").lower()
-        assert read_back == plan_sha384, "the plan hash the site reads back is not the coordinator's"
+        assert read_back == identity, "the federation fingerprint the site reads back is not the coordinator's"
         requested = hosts.cofe(name, "certify", "request", "--dir", site, "-o", mail / f"{name}.csr.tar.gz")
         request_hash = _grouped(GROUPED_SHA256, requested.stdout)
         cofe("certify", "sign", mail / f"{name}.csr.tar.gz", "--dir", fed, "--expect-hash", request_hash,
@@ -254,7 +258,7 @@ def test_three_hosts_each_with_its_own_directory_and_key(tmp_path, site_data, fa
         checked = hosts.cofe(name, "doctor", "--dir", sites[name], check=False)
         assert checked.returncode == 0, f"doctor at {name}:\n{checked.stdout}\n{checked.stderr}"
         passed = re.findall(r"^PASS (\w+)", checked.stdout, re.M)
-        assert passed == ["plan", "address", "port", "tls", "aggregator", "certificate", "clock", "data",
+        assert passed == ["plan", "address", "port", "tls", "aggregator", "certificate", "keys", "clock", "data",
                           "environment"], checked.stdout
         assert "Traceback" not in checked.stdout + checked.stderr
     timings["doctor at both sites"] = time.monotonic() - mark

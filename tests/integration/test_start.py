@@ -91,6 +91,13 @@ def test_start_commands_finish_and_refuse_strangers(tmp_path, site_data, fast_co
     start_early = cofe("start", "aggregator", "--dir", fed)
     assert start_early.returncode == 2 and "cofe certify" in start_early.stderr
     cofe("certify", "--dir", fed, check=True)
+    # The initial model `cofe init` recorded is the one the aggregator must serve in round 0.
+    served = fed / "workspaces" / "aggregator" / "save" / "init.pbuf"
+    genuine = served.read_bytes()
+    served.write_bytes(genuine[:-1] + bytes([genuine[-1] ^ 1]))
+    swapped = cofe("start", "aggregator", "--dir", fed)
+    assert swapped.returncode == 2 and "is not the federation's" in swapped.stderr, swapped.stderr
+    served.write_bytes(genuine)
     unknown = cofe("start", "collaborator", "site_z", "--dir", fed)
     assert unknown.returncode == 2 and "no collaborator 'site_z'" in unknown.stderr
     with socket.socket() as squatter:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cli_assertions import ok, refused, run_cofe
-from unit_federation import gandlf_config, write_federation
+from unit_federation import EXPIRED, expired_copy, gandlf_config, write_federation
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -33,6 +33,7 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.pki import CertificateAuthority, check_key_matches_cert, describe_certificate, verify_issued_by
 from cofe_cli.pki.revocation import build_crl, load_revoked_serials
+from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.plan.workspaces import CollaboratorData
 
 COLLABORATORS = ("hospital_a", "hospital_b")
@@ -457,6 +458,25 @@ def test_aggregator_request_sign_install(flow: Flow, tmp_path: Path) -> None:
     refused(cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path), "the aggregator already has a certificate")
 
 
+def test_an_expired_aggregator_certificate_at_the_coordinator_is_named_and_the_ca_kept(flow: Flow, tmp_path: Path) -> None:
+    """`certify ca --aggregator` used to say "a private key that this CA did not certify" and suggest --force,
+    which with `ca` replaces the CA."""
+    fed = tmp_path / "FED"
+    shutil.copytree(flow.fed, fed)
+    ok(cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path))
+    paths = participant_cert_paths(FederationLayout(fed), FederationLayout(fed).load_manifest(), AGGREGATOR)
+    expired = expired_copy(paths, flow.ca, EXPIRED)
+    for path in (paths.cert, fed / "ca" / "issued" / "aggregator.crt"):
+        path.write_bytes(expired)
+    result = cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path)
+    refused(result, "the aggregator has a certificate that expired on 2024-03-01 12:00 UTC")
+    assert "--force" not in result.stderr and "move" in result.stderr
+    paths.key.unlink()  # what the hint says
+    ok(cofe("certify", "ca", "--dir", fed, "--aggregator", cwd=tmp_path))
+    verify_issued_by(paths.cert.read_bytes(), flow.ca.chain_pem())
+    assert CertificateAuthority.load(fed / "ca").root_fingerprint() == flow.fingerprint
+
+
 def test_the_one_step_certify_still_works(tmp_path: Path) -> None:
     fed = make_federation(tmp_path / "FED").root
     result = ok(cofe("certify", "--dir", fed, cwd=tmp_path))
@@ -547,3 +567,34 @@ def test_load_revoked_serials_checks_the_signer(flow: Flow, tmp_path: Path, othe
     der = tmp_path / "ours.der"
     der.write_bytes(x509.load_pem_x509_crl(ours.read_bytes()).public_bytes(serialization.Encoding.DER))
     assert load_revoked_serials(der, flow.ca.chain_pem()) == frozenset({1234})
+
+
+def test_status_piped_at_80_columns_never_cuts_a_name(tmp_path: Path) -> None:
+    """At 80 columns (what a pipe gets) the table cut every name to "hospit…": hospital_a and hospital_b read the same."""
+    names = ["hospital_a", "hospital_b", "university_medical_center_north"]
+    fed = write_federation(tmp_path / "FED", config=GANDLF_CONFIG, address=ADDRESS,
+                           collaborators=[CollaboratorData(name, None) for name in names]).root
+    ok(cofe("certify", "--dir", fed, cwd=tmp_path))
+    done = subprocess.run([sys.executable, "-m", "cofe_cli", "certify", "status", "--dir", str(fed)], cwd=tmp_path,
+                          env={**_env(), "COLUMNS": "80"}, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    status = ok(done).stdout
+    assert "…" not in status, status
+    first_cells = [line.split("│")[1].strip() for line in status.splitlines() if line.startswith("│")]
+    assert [cell for cell in first_cells if cell] == [AGGREGATOR, *names], status
+    expiry = f"{x509.load_pem_x509_certificate(cert_of(fed).read_bytes()).not_valid_after_utc:%Y-%m-%d}"
+    assert re.search(rf"│ hospital_a\s+│ collaborator\s+│ [0-9a-f]+\s+│ {expiry}\s+│", status), status
+
+
+@pytest.mark.parametrize("days", ["0", "-5", "10951", "10000000"])
+def test_out_of_range_validity_is_refused_by_every_command_that_takes_it(flow: Flow, copies, days: str) -> None:
+    """--validity-days 10000000 used to end in an OverflowError traceback."""
+    fed, _ = copies
+    before = tree(fed)
+    commands = [["certify", "--dir", fed], ["certify", "ca", "--dir", fed, "--force"],
+                ["certify", "ca", "--dir", fed, "--aggregator", "--force"],
+                ["certify", "sign", flow.request, "--dir", fed, "--force", "--expect-hash", request_hash(flow.request),
+                 "-o", fed.parent / "out.tar.gz"]]
+    for command in commands:
+        refused(cofe(*command, "--validity-days", days, cwd=fed.parent), f"--validity-days {days} is out of range")
+    assert tree(fed) == before and not (fed.parent / "out.tar.gz").exists()

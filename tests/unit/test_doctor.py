@@ -5,6 +5,7 @@ against a real aggregator in tests/integration/test_multihost.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -15,6 +16,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
+from cli_assertions import refused
 from unit_federation import gandlf_config, write_federation
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -397,11 +400,11 @@ def test_without_an_aggregator_the_network_checks_fail_and_the_rest_is_checked(f
     manifest = federation.load_manifest()
     checks = {check.name: check for check in doctor.run_checks(federation, manifest, "hospital_a", min_days=30,
                                                                  timeout=2)}
-    assert list(checks) == ["plan", "address", "port", "tls", "aggregator", "certificate", "clock", "data",
+    assert list(checks) == ["plan", "address", "port", "tls", "aggregator", "certificate", "keys", "clock", "data",
                             "environment"]
     assert checks["port"].status == doctor.FAIL
     assert checks["tls"].status == checks["aggregator"].status == doctor.SKIP
-    for name in ("plan", "address", "certificate", "clock", "data", "environment"):
+    for name in ("plan", "address", "certificate", "keys", "clock", "data", "environment"):
         assert checks[name].status == doctor.PASS, checks[name]
 
 
@@ -411,7 +414,7 @@ def test_doctor_command_exit_codes(federation):
     lines = failed.stdout.splitlines()
     assert any(line.startswith("FAIL port") and "fix:" in line for line in lines), failed.stdout
     assert any(line.startswith("PASS certificate") for line in lines), failed.stdout
-    assert "1 of 9 checks failed" in failed.stdout
+    assert "1 of 10 checks failed" in failed.stdout
     assert "Traceback" not in failed.stdout + failed.stderr
 
     several = _run("--dir", federation.root)
@@ -425,8 +428,43 @@ def test_doctor_at_the_aggregator_checks_what_it_can(federation):
     result = _run("--dir", federation.root, "--participant", AGGREGATOR, "--min-days", 5000)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL certificate" in result.stdout and "fewer than 5000 days" in result.stdout
-    assert "FAIL model" in result.stdout  # no init.pbuf: the federation here was built without torch
+    assert "PASS model" in result.stdout and "has the SHA-384 federation.yaml records" in result.stdout
     assert "PASS port" in result.stdout and "PASS environment" in result.stdout
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "cofe_cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_a_swapped_initial_model_fails_the_doctor_and_start_refuses_it(federation, tmp_path):
+    """The aggregator serves save/init.pbuf in round 0: weights swapped there must not go unnoticed."""
+    copy = FederationLayout(tmp_path / "fed")
+    shutil.copytree(federation.root, copy.root)
+    (copy.workspace(AGGREGATOR) / "save" / "init.pbuf").write_bytes(b"\x08\x01weights chosen by someone else")
+    result = _run("--dir", copy.root, "--participant", AGGREGATOR)
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FAIL model"))
+    assert "is not the federation's" in line and "fix: do not start from it" in line, line
+    refused(_cli("start", "aggregator", "--dir", copy.root), "is not the federation's")
+
+    (copy.workspace(AGGREGATOR) / "save" / "init.pbuf").unlink()
+    refused(_cli("start", "aggregator", "--dir", copy.root), "the initial model")
+    assert "FAIL model" in _run("--dir", copy.root, "--participant", AGGREGATOR).stdout
+
+
+def test_a_manifest_without_the_initial_model_hash_needs_a_new_init(federation, tmp_path):
+    """An older cofe's federation.yaml: the model cannot be checked, so neither doctor nor start accept it."""
+    copy = FederationLayout(tmp_path / "fed")
+    shutil.copytree(federation.root, copy.root)
+    recorded = yaml.safe_load(copy.manifest_file.read_text())
+    del recorded["init_model_sha384"]
+    copy.manifest_file.write_text(yaml.safe_dump(recorded))
+    result = _run("--dir", copy.root, "--participant", AGGREGATOR)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FAIL model"))
+    assert "records no hash of the initial model" in line and "cofe init --force" in line, line
+    refused(_cli("start", "aggregator", "--dir", copy.root), "records no hash of the initial model")
 
 
 def test_doctor_data_option_and_missing_data(federation, tmp_path):
@@ -435,3 +473,28 @@ def test_doctor_data_option_and_missing_data(federation, tmp_path):
     given = _run("--dir", federation.root, "--participant", "hospital_b", "--timeout", 2,
                  "--data", _data_folder(tmp_path / "b"))
     assert "PASS data" in given.stdout, given.stdout
+
+
+def test_private_keys_open_to_others_fail_the_doctor_and_every_certify_and_start_warns(federation, tmp_path):
+    """Keys chmod 0644 (and ca/private 0755) used to go unnoticed by certify, certify status, start and doctor."""
+    copy = FederationLayout(tmp_path / "fed")
+    shutil.copytree(federation.root, copy.root)
+    exposed = [copy.ca / "private", copy.ca / "private" / "root-ca.key", copy.ca / "private" / "signing-ca.key",
+               copy.workspace("hospital_a") / "cert" / "client" / "col_hospital_a.key"]
+    for path in exposed:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    files = " ".join(str(path) for path in exposed[1:])
+    fix = f"chmod 600 {files} && chmod 700 {exposed[0]}"
+
+    result = _run("--dir", copy.root, "--participant", "hospital_a", "--timeout", 2)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FAIL keys"))
+    assert all(f"{path} (mode 0" in line for path in exposed) and f"fix: {fix}" in line, line
+    for command in (["certify"], ["certify", "status"], ["start", "collaborator", "hospital_b"]):
+        said = _cli(*command, "--dir", copy.root)
+        warnings = [line for line in said.stdout.splitlines() if line.startswith("warning: private keys readable")]
+        assert len(warnings) == 1 and f"fix: {fix}" in warnings[0], (command, said.stdout, said.stderr)
+
+    subprocess.run(fix.split(" (")[0], shell=True, check=True)
+    assert "PASS keys" in _run("--dir", copy.root, "--participant", "hospital_a", "--timeout", 2).stdout
+    for command in (["certify"], ["certify", "status"]):
+        assert "warning:" not in _cli(*command, "--dir", copy.root).stdout

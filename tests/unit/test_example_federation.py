@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,8 @@ def test_committed_example_plan_matches_the_builder():
                                                          aggregator_port=manifest.aggregator_port)))
     assert (layout.plans / "plan.yaml").read_text() == plan_yaml
     assert manifest.plan_sha384 == plan_hash(plan_yaml)
+    # The initial model's weights are random and not committed; `cofe init` records their SHA-384.
+    assert re.fullmatch(r"[0-9a-f]{96}", manifest.init_model_sha384 or "")
     assert yaml.safe_load((layout.plans / "gandlf_config.yaml").read_text()) == config
     for participant in ("aggregator", *manifest.collaborators):
         assert (layout.workspace(participant) / "plan" / "plan.yaml").read_text() == plan_yaml

@@ -1,11 +1,12 @@
 """Site kits through the real CLI: `cofe export` at the coordinator (FED), `cofe import` at a site (SITE).
 
-No torch: the federation is made with cofe's own builders (no init.pbuf), and the CA once per module.
+No torch: the federation is made with cofe's own builders (a stand-in init.pbuf), and the CA once per module.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -15,14 +16,16 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from cli_assertions import ok, refused
 from unit_federation import gandlf_config, write_federation
 
-from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.federation import AGGREGATOR, FederationLayout, federation_fingerprint
 from cofe_cli.pki import CertificateAuthority
 from cofe_cli.plan.builder import plan_hash
 from cofe_cli.plan.workspaces import CollaboratorData, collaborator_data_folder
@@ -115,7 +118,6 @@ class Coordinator:
 def coordinator(tmp_path_factory) -> Coordinator:
     root = tmp_path_factory.mktemp("kits")
     fed = make_federation(root / "FED")
-    (fed.plans / "init.pbuf").write_bytes(b"\x08\x01initial-model-bytes")
     ok(cofe("certify", "ca", "--dir", fed.root, cwd=root))
     exported = ok(cofe("export", "collaborator", "hospital_a", "--dir", fed.root, "-o", root / "hospital_a-kit.tar.gz",
                        cwd=root))
@@ -161,7 +163,7 @@ def test_kit_json_describes_every_member(coordinator: Coordinator) -> None:
     assert set(kit["files"]) == set(members) - {"kit.json"}
     for name, digest in kit["files"].items():
         assert hashlib.sha256(members[name]).hexdigest() == digest, name
-    assert grouped(kit["plan_sha384"]) in coordinator.export_stdout
+    assert grouped(coordinator.fed.load_manifest().fingerprint()) in coordinator.export_stdout
     assert coordinator.ca.root_fingerprint() in coordinator.export_stdout
 
 
@@ -195,7 +197,8 @@ def test_import_builds_the_site_from_the_kit(coordinator: Coordinator, tmp_path:
     for name in ("plan.yaml", "cols.yaml", "gandlf_config.yaml", "federation.yaml"):
         assert (site.plans / name).read_bytes() == (coordinator.fed.plans / name).read_bytes()
     manifest = site.load_manifest()  # what `cofe start` loads
-    assert grouped(manifest.plan_sha384) in result.stdout
+    assert grouped(manifest.fingerprint()) in result.stdout
+    assert manifest.fingerprint() == coordinator.fed.load_manifest().fingerprint()
     assert sorted(p.name for p in site.workspaces.iterdir()) == ["hospital_a"], "only this site's workspace"
     workspace = site.workspace("hospital_a")
     assert (workspace / "plan" / "plan.yaml").read_bytes() == (site.plans / "plan.yaml").read_bytes()
@@ -387,3 +390,157 @@ def test_import_over_another_federation_needs_force(coordinator: Coordinator, tm
     assert tree(site) == before
     ok(cofe("import", coordinator.kit_a, "--dir", site, "--force", cwd=tmp_path))
     assert (site / "plans" / "plan.yaml").read_bytes() == (coordinator.fed.plans / "plan.yaml").read_bytes()
+
+
+# ---------------------------------------------------------------- the initial model is part of the federation's identity
+
+
+def _relisted(members: dict[str, bytes], **federation_changes) -> dict[str, bytes]:
+    """What an editor does to make a changed kit look whole: federation.yaml and kit.json rewritten to match."""
+    if federation_changes:
+        manifest = yaml.safe_load(members["plans/federation.yaml"])
+        for key, value in federation_changes.items():
+            if value is None:
+                manifest.pop(key, None)
+            else:
+                manifest[key] = value
+        members["plans/federation.yaml"] = yaml.safe_dump(manifest).encode()
+    kit = json.loads(members["kit.json"])
+    kit["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items() if name != "kit.json"}
+    members["kit.json"] = json.dumps(kit).encode()
+    return members
+
+
+SWAPPED_MODEL = b"\x08\x01weights chosen by someone else"
+
+
+def test_an_aggregator_kit_with_a_swapped_initial_model_is_refused(coordinator: Coordinator, tmp_path: Path) -> None:
+    """The hostile review's case: init.pbuf swapped and kit.json's entry updated; the plan hash stays genuine."""
+    members = members_of(coordinator.kit_agg)
+    members["plans/init.pbuf"] = SWAPPED_MODEL
+    kit = write_tar(tmp_path / "kit.tar.gz", _relisted(members))
+    refused(cofe("import", kit, "--dir", tmp_path / "SITE", cwd=tmp_path), "the initial model was changed after export")
+    assert not (tmp_path / "SITE").exists()
+
+
+def test_a_swapped_model_with_a_rewritten_manifest_changes_the_fingerprint_read_back(coordinator: Coordinator,
+                                                                                     tmp_path: Path) -> None:
+    """federation.yaml rewritten too: the kit is whole again, but the value read back on the phone is not the coordinator's."""
+    members = _relisted(members_of(coordinator.kit_agg), init_model_sha384=hashlib.sha384(SWAPPED_MODEL).hexdigest())
+    members["plans/init.pbuf"] = SWAPPED_MODEL
+    kit = write_tar(tmp_path / "kit.tar.gz", _relisted(members))
+    result = ok(cofe("import", kit, "--dir", tmp_path / "SITE", cwd=tmp_path))
+    genuine = coordinator.fed.load_manifest()
+    assert grouped(genuine.fingerprint()) in coordinator.export_stdout
+    assert grouped(genuine.fingerprint()) not in result.stdout
+    read_back = FederationLayout(tmp_path / "SITE").load_manifest().fingerprint()
+    assert grouped(read_back) in result.stdout
+    assert read_back == federation_fingerprint(genuine.plan_sha384, hashlib.sha384(SWAPPED_MODEL).hexdigest())
+
+
+def test_a_kit_of_a_manifest_without_the_initial_model_hash_is_refused(coordinator: Coordinator, tmp_path: Path) -> None:
+    """An older cofe's federation.yaml: nothing ties the initial model to what is read back, so no import."""
+    kit = write_tar(tmp_path / "kit.tar.gz", _relisted(members_of(coordinator.kit_a), init_model_sha384=None))
+    refused(cofe("import", kit, "--dir", tmp_path / "SITE", cwd=tmp_path), "records no hash of the initial model")
+    assert not (tmp_path / "SITE").exists()
+
+
+def test_export_refuses_an_initial_model_that_is_not_the_recorded_one(coordinator: Coordinator, tmp_path: Path) -> None:
+    fed = tmp_path / "FED"
+    shutil.copytree(coordinator.fed.root, fed)
+    (fed / "plans" / "init.pbuf").write_bytes(SWAPPED_MODEL)
+    refused(cofe("export", "aggregator", "--dir", fed, "-o", tmp_path / "agg.tar.gz", cwd=tmp_path),
+            "is not the federation's")
+    assert not (tmp_path / "agg.tar.gz").exists()
+
+
+def test_a_collaborator_kit_never_carries_the_initial_model(coordinator: Coordinator, tmp_path: Path) -> None:
+    members = members_of(coordinator.kit_a)
+    members["plans/init.pbuf"] = (coordinator.fed.plans / "init.pbuf").read_bytes()
+    kit = write_tar(tmp_path / "kit.tar.gz", _relisted(members))
+    refused(cofe("import", kit, "--dir", tmp_path / "SITE", cwd=tmp_path), "a collaborator's kit carries plans/init.pbuf")
+    assert not (tmp_path / "SITE").exists()
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+BOMB_MIB = 2000
+# hashlib.sha256(bytes(2000 << 20)).hexdigest(), computed once: hashing 2 GB in the test would take longer than it.
+BOMB_SHA256 = "274fbb979251bcaceab594dd89d5adfec310e8851e320b5b5f90fd5f18d76149"
+_ZEROS_MIB = 8
+# Runs cofe and reports its peak memory and the bytes it wrote (stdout included) on a last stderr line.
+_MEASURED = """
+import resource, runpy, sys
+try:
+    runpy.run_module("cofe_cli", run_name="__main__", alter_sys=True)
+finally:
+    io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+    print(f"measured {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} {io['wchar']}", file=sys.stderr)
+"""
+
+
+def measured_cofe(*args: str | Path, cwd: Path) -> tuple[Result, int, int]:
+    """cofe's result, its peak RSS and the bytes it wrote."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250"}
+    done = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    peak_kib, written = done.stderr.splitlines()[-1].split()[1:]
+    return Result(done.returncode, done.stdout, done.stderr), int(peak_kib) * 1024, int(written)
+
+
+def _zero_gzip_members(total_mib: int) -> bytes:
+    """`total_mib` MiB of zeros as concatenated gzip members (gzip readers read them as one stream): a few
+    kB per 8 MiB, made in a fraction of a second."""
+    assert total_mib % _ZEROS_MIB == 0
+    return gzip.compress(bytes(_ZEROS_MIB << 20), compresslevel=9) * (total_mib // _ZEROS_MIB)
+
+
+def write_bomb(path: Path, members: dict[str, bytes], *, name: str, size_mib: int, kind: bytes = tarfile.REGTYPE) -> Path:
+    """A gzip tar holding `members`, then `name` with `size_mib` MiB of zeros, then the end of the archive."""
+    head = io.BytesIO()
+    with tarfile.open(fileobj=head, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    prefix = head.getvalue()[: _end_of_members(members)]
+    bomb = tarfile.TarInfo(name)
+    bomb.size, bomb.type = size_mib << 20, kind
+    with open(path, "wb") as out:
+        out.write(gzip.compress(prefix + bomb.tobuf(tarfile.USTAR_FORMAT)))
+        out.write(_zero_gzip_members(size_mib))
+        out.write(gzip.compress(b"\0" * 1024))  # tar's end-of-archive blocks
+    return path
+
+
+def _end_of_members(members: dict[str, bytes]) -> int:
+    """Bytes of a USTAR stream holding `members` before its end-of-archive blocks."""
+    return sum(512 + -(-len(data) // 512) * 512 for data in members.values())
+
+
+def test_a_collaborator_kit_unpacking_to_gigabytes_is_refused_quickly_with_bounded_memory(coordinator: Coordinator,
+                                                                                           tmp_path: Path) -> None:
+    """The hostile review's bomb: a 2 MB collaborator kit listing a 2000 MiB plans/init.pbuf (with its true
+    SHA-256). It used to import with exit 0, 2.1 GB of memory and 2 GB written."""
+    members = members_of(coordinator.kit_a)
+    kit = json.loads(members["kit.json"])
+    kit["files"]["plans/init.pbuf"] = BOMB_SHA256
+    members["kit.json"] = json.dumps(kit).encode()
+    bomb = write_bomb(tmp_path / "hospital_a-kit.tar.gz", members, name="plans/init.pbuf", size_mib=BOMB_MIB)
+    assert bomb.stat().st_size < 3 << 20
+    started = time.monotonic()
+    result, peak, written = measured_cofe("import", bomb, "--dir", tmp_path / "SITE", cwd=tmp_path)
+    refused(result, "refusing it as a decompression bomb")
+    assert time.monotonic() - started < 30
+    assert peak < 200 << 20, f"peak memory {peak >> 20} MiB"
+    assert written < 1 << 20, f"{written} bytes written"
+    assert not (tmp_path / "SITE").exists()
+
+
+def test_a_huge_tar_header_is_refused_before_it_is_held_in_memory(coordinator: Coordinator, tmp_path: Path) -> None:
+    """tarfile reads a pax header whole into memory: the bound must hold below it, on the gzip stream."""
+    bomb = write_bomb(tmp_path / "kit.tar.gz", {}, name="././@PaxHeader", size_mib=512, kind=tarfile.XHDTYPE)
+    result, peak, _ = measured_cofe("import", bomb, "--dir", tmp_path / "SITE", cwd=tmp_path)
+    refused(result, "refusing it as a decompression bomb")
+    assert peak < 300 << 20, f"peak memory {peak >> 20} MiB"
+    assert not (tmp_path / "SITE").exists()

@@ -1,4 +1,4 @@
-"""`cofe certify` without the CLI: the CA and every participant's files where OpenFL looks for them; no torch.
+"""`cofe certify` (mostly without the CLI): the CA and every participant's files where OpenFL looks for them; no torch.
 
 RSA-3072 key generation costs about half a second per key, so one certified federation is made per
 module and the tests that change files work on a copy of it.
@@ -6,12 +6,20 @@ module and the tests that change files work on a copy of it.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+import cli_assertions
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from unit_federation import EXPIRED, expired_copy
 
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
@@ -147,43 +155,115 @@ def test_a_missing_certificate_without_its_key_is_issued_and_the_rest_kept(copy_
     verify_issued_by(paths.cert.read_bytes(), paths.chain.read_bytes())
 
 
-def _drop_cert(paths, other) -> None:
+def _drop_cert(paths, other, ca) -> None:
     paths.cert.unlink()
 
 
-def _foreign_key(paths, other) -> None:
+def _foreign_key(paths, other, ca) -> None:
     paths.key.write_bytes(other.key.read_bytes())
 
 
-def _garbage_cert(paths, other) -> None:
+def _garbage_cert(paths, other, ca) -> None:
     paths.cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n")
 
 
-def _cert_of_another_site(paths, other) -> None:
+def _cert_of_another_site(paths, other, ca) -> None:
     paths.cert.write_bytes(other.cert.read_bytes())
 
 
-@pytest.mark.parametrize("damage", [_drop_cert, _foreign_key, _garbage_cert, _cert_of_another_site],
-                         ids=["key-without-cert", "foreign-key", "garbage-cert", "cert-of-another-site"])
-def test_a_key_without_a_valid_certificate_is_refused_without_force(copy_of_certified, damage) -> None:
+def _unreadable_key(paths, other, ca) -> None:
+    paths.key.write_bytes(b"garbage")
+
+
+def _tampered_cert(paths, other, ca) -> None:
+    """The certificate's bytes changed after the CA signed it (here: one bit of its signature)."""
+    der = bytearray(x509.load_pem_x509_certificate(paths.cert.read_bytes()).public_bytes(serialization.Encoding.DER))
+    der[-1] ^= 1
+    paths.cert.write_bytes(x509.load_der_x509_certificate(bytes(der)).public_bytes(serialization.Encoding.PEM))
+
+
+def _expired_cert(paths, other, ca) -> None:
+    paths.cert.write_bytes(expired_copy(paths, ca, EXPIRED))
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (_drop_cert, "hospital_b has a private key (" ),
+    (_foreign_key, "hospital_b has a certificate that does not match its private key"),
+    (_garbage_cert, "hospital_b has a certificate file that is not a PEM certificate"),
+    (_cert_of_another_site, "hospital_b has a certificate issued to hospital_a, not to hospital_b"),
+    (_unreadable_key, "hospital_b has a key or certificate that cannot be used"),
+    (_tampered_cert, "hospital_b has a certificate that this federation's CA did not sign"),
+    (_expired_cert, "hospital_b has a certificate that expired on 2024-03-01 12:00 UTC"),
+], ids=["key-without-cert", "foreign-key", "garbage-cert", "cert-of-another-site", "unreadable-key", "tampered-cert",
+        "expired-cert"])
+def test_a_key_without_a_valid_certificate_is_named_and_reissue_is_offered(copy_of_certified, damage, problem) -> None:
+    """It used to say "already has a private key that this CA did not certify" and suggest --force,
+    which replaces the CA and breaks every other site."""
     layout, manifest = copy_of_certified
     paths = participant_cert_paths(layout, manifest, "hospital_b")
-    damage(paths, participant_cert_paths(layout, manifest, "hospital_a"))
-    before = snapshot(layout.root)
-    with pytest.raises(CofeError, match="hospital_b already has a private key that this CA did not certify") as refused:
-        certify_locally(layout, manifest)
-    assert "--force" in refused.value.hint
-    assert snapshot(layout.root) == before, "a refused certify changes nothing"
-
-
-def test_an_unreadable_key_is_refused_naming_the_participant_and_force(copy_of_certified) -> None:
-    layout, manifest = copy_of_certified
-    participant_cert_paths(layout, manifest, "hospital_b").key.write_bytes(b"garbage")
+    damage(paths, participant_cert_paths(layout, manifest, "hospital_a"), CertificateAuthority.load(layout.ca))
     before = snapshot(layout.root)
     with pytest.raises(CofeError) as refused:
         certify_locally(layout, manifest)
+    assert refused.value.message.startswith(problem), refused.value.message
+    assert f"cofe certify --dir {layout.root} --reissue hospital_b" in refused.value.hint
+    assert snapshot(layout.root) == before, "a refused certify changes nothing"
+
+
+@pytest.mark.parametrize("damage", [_expired_cert, _tampered_cert], ids=["expired", "tampered"])
+def test_reissue_replaces_one_certificate_and_keeps_the_ca_and_the_others(copy_of_certified, damage) -> None:
+    layout, manifest = copy_of_certified
+    ca = CertificateAuthority.load(layout.ca)
+    paths = participant_cert_paths(layout, manifest, "hospital_b")
+    damage(paths, participant_cert_paths(layout, manifest, "hospital_a"), ca)
+    old_cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+    before = snapshot(layout.root)
+
+    actions = certify_locally(layout, manifest, reissue=["hospital_b"])
+
+    assert actions == [("CA", "kept"), (AGGREGATOR, "kept"), ("hospital_a", "kept"), ("hospital_b", "re-issued")]
+    after = snapshot(layout.root)
+    untouched = {name: data for name, data in before.items() if "hospital_b" not in name}
+    assert {name: after[name] for name in untouched} == untouched, "the CA and the other participants are as they were"
+    verify_issued_by(paths.cert.read_bytes(), paths.chain.read_bytes())
+    assert check_key_matches_cert(paths.key.read_bytes(), paths.cert.read_bytes()) and mode(paths.key) == 0o600
+    # The replaced certificate, if this CA signed it, stays on record: status lists it, revoke can revoke it.
+    archived = list((layout.ca / "issued" / "archive").glob("hospital_b.*.crt"))
+    assert [path.name for path in archived] == ([f"hospital_b.{old_cert.serial_number:x}.crt"]
+                                                if damage is _expired_cert else [])
+    assert {action for _, action in certify_locally(layout, manifest)} == {"kept"}
+
+
+def test_the_cli_names_an_expired_certificate_and_reissues_only_it(copy_of_certified) -> None:
+    layout, manifest = copy_of_certified
+    ca = CertificateAuthority.load(layout.ca)
+    _expired_cert(participant_cert_paths(layout, manifest, "hospital_b"), None, ca)
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250"}
+
+    def cofe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cofe_cli", "certify", "--dir", str(layout.root), *args], env=env,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    cli_assertions.refused(cofe(), "hospital_b has a certificate that expired on 2024-03-01 12:00 UTC")
+    assert "--reissue hospital_b" in cofe().stderr
+    done = cofe("--reissue", "hospital_b")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"│ hospital_b\s+│ re-issued", done.stdout) and re.search(r"│ CA\s+│ kept", done.stdout), done.stdout
+    assert CertificateAuthority.load(layout.ca).root_fingerprint() == ca.root_fingerprint()
+
+
+def test_reissue_refusals(copy_of_certified, tmp_path: Path) -> None:
+    layout, manifest = copy_of_certified
+    before = snapshot(layout.root)
+    with pytest.raises(CofeError, match="--reissue keeps the CA and --force replaces it"):
+        certify_locally(layout, manifest, force=True, reissue=["hospital_b"])
+    with pytest.raises(CofeError, match="cannot re-issue hospital_z: not a participant"):
+        certify_locally(layout, manifest, reissue=["hospital_z"])
     assert snapshot(layout.root) == before
-    assert "hospital_b" in refused.value.message and "--force" in refused.value.hint
+    fresh, fresh_manifest = make_federation(tmp_path / "fresh")
+    with pytest.raises(CofeError, match="has no CA to re-issue from"):
+        certify_locally(fresh, fresh_manifest, reissue=["hospital_b"])
+    assert not fresh.ca.exists()
 
 
 def test_a_refused_first_certify_changes_nothing(tmp_path: Path) -> None:
@@ -192,8 +272,9 @@ def test_a_refused_first_certify_changes_nothing(tmp_path: Path) -> None:
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"a key from somewhere else")
     before = snapshot(layout.root)
-    with pytest.raises(CofeError, match="already has a private key"):
+    with pytest.raises(CofeError, match="already has a private key .* but there is no CA here") as refused:
         certify_locally(layout, manifest)
+    assert "--force" in refused.value.hint
     assert snapshot(layout.root) == before
 
 
