@@ -10,13 +10,15 @@ from importlib import metadata
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cofe_cli import __version__
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
+from cofe_cli.fsutil import writing_into
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
 from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml, plan_hash
-from cofe_cli.plan.data import check_data_folder, problem_type_of, split_csv
+from cofe_cli.plan.data import check_data_folder, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation
 
@@ -81,11 +83,9 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
         raise CofeError(f"--valid-fraction must be between 0 and 1, got {request.valid_fraction}", hint="e.g. --valid-fraction 0.2")
     if layout.is_initialised() and not request.force:
         raise CofeError(f"{layout.root} already holds a federation", hint="pass --force to replace its plan and workspaces (its CA is kept)")
-    problem_type = problem_type_of(gandlf_config)
-    channels = (gandlf_config.get("model") or {}).get("num_channels")
-    for name, data in collaborators:
-        if data is not None and not data.is_file():
-            check_data_folder(data, problem_type=problem_type, channels=channels)
+    expected = expectations_of(gandlf_config)
+    notes = [note for name, data in collaborators if data is not None and not data.is_file()
+             for note in check_data_folder(data, **expected).notes]
 
     plan_yaml = dump_yaml(build_plan(gandlf_config, options))
     manifest = Manifest(
@@ -95,15 +95,30 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
         versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
     )
 
-    layout.root.mkdir(parents=True, exist_ok=True)
+    with writing_into(layout.root):
+        notes += _build_and_swap_in(layout, request, gandlf_config, plan_yaml, manifest, collaborators, expected)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if changes:
+        console.print(f"Adapted the GaNDLF config for GaNDLF {gandlf_version} (saved as plans/gandlf_config.yaml):")
+        for change in changes:
+            console.print(f"  - {change}", markup=False)
+    return manifest
+
+
+def _build_and_swap_in(layout: FederationLayout, request: InitRequest, gandlf_config: dict, plan_yaml: str,
+                       manifest: Manifest, collaborators: list[tuple[str, Path | None]], expected: dict) -> list[str]:
+    """Build the federation in a staging folder inside --dir, have GaNDLF and OpenFL check it, then swap it in.
+    Returns the notes on the sites' data that a split CSV gave."""
     stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-init-", dir=layout.root)))
+    notes = []
     try:
         data_entries = []
         for name, data in collaborators:
             if data is not None and data.is_file():
                 # A single CSV is split by subject into the site's workspace; absolute paths keep it valid after the move.
-                split_csv(data, stage.workspace(name) / "data", problem_type=problem_type, channels=channels,
-                          valid_fraction=request.valid_fraction)
+                notes += split_csv(data, stage.workspace(name) / "data", valid_fraction=request.valid_fraction,
+                                   **expected).notes
                 data = layout.workspace(name) / "data"
             data_entries.append(CollaboratorData(name, data.resolve() if data else None))
         build_federation(stage, plan_yaml, gandlf_config, manifest, data_entries)
@@ -117,13 +132,9 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
                 write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
         shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
         _swap_in(stage, layout)
-        if changes:
-            console.print(f"Adapted the GaNDLF config for GaNDLF {gandlf_version} (saved as plans/gandlf_config.yaml):")
-            for change in changes:
-                console.print(f"  - {change}", markup=False)
     finally:
         shutil.rmtree(stage.root, ignore_errors=True)
-    return manifest
+    return notes
 
 
 def _swap_in(stage: FederationLayout, layout: FederationLayout) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ def prepare(layout: FederationLayout, request: InitRequest | None) -> Manifest:
         certify_locally(layout, manifest)
         console.print("Certificates issued from this federation's own CA (one party runs every participant).")
     return manifest
+
+
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise CofeError(f"--timeout must be a positive number of seconds, got {timeout:g}",
+                        hint="e.g. --timeout 3600, or leave it out to wait until the federation ends")
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,7 @@ def run(
 ) -> None:
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     layout = FederationLayout(dir)
+    check_timeout(timeout)
     request = None
     if gandlf_config or collaborator:
         if not (gandlf_config and collaborator):
@@ -132,7 +140,7 @@ def run(
         address = aggregator_address or ("aggregator" if containers else "localhost")
         request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port,
                               algorithm=algorithm, aggregator_address=address)
-    if (image or gpus) and not containers:
+    if (image is not None or gpus is not None) and not containers:
         raise CofeError("--image and --gpus go with --containers", hint="add --containers, or leave them out")
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,

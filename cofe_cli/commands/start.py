@@ -16,7 +16,8 @@ from cofe_cli.console import console, print_error
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.pki.workspace_certs import require_certificates
-from cofe_cli.plan.data import check_data_folder, problem_type_of
+from cofe_cli.plan.builder import check_device
+from cofe_cli.plan.data import check_site_data
 from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder, set_collaborator_data
 
 app = typer.Typer(help="Run one participant of a federation (aggregator or collaborator).", no_args_is_help=True)
@@ -68,6 +69,8 @@ def collaborator(
     gpus: str = typer.Option(None, "--gpus", help="With --container: GPUs to pass through (all, a count, or device=0,1); trains on cuda."),
 ) -> None:
     """Train and validate this site's data for the federation."""
+    if device is not None:
+        check_device(device)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     manifest.require_collaborator(name)
@@ -87,8 +90,7 @@ def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | 
     folder = data.expanduser().resolve() if data else collaborator_data_folder(layout, name)
     if folder is None:
         raise CofeError(f"{name} has no data folder yet", hint=f"start it with `cofe start collaborator {name} --data PATH`")
-    check_data_folder(folder, problem_type=problem_type_of(gandlf_config),
-                      channels=(gandlf_config.get("model") or {}).get("num_channels"))
+    check_site_data(folder, gandlf_config)
     if data:
         set_collaborator_data(layout, name, folder)
 
