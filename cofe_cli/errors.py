@@ -45,7 +45,7 @@ _WRITE_FAILURES = {
 
 def write_failure(error: OSError, folder: Path, option: str = "--dir") -> CofeError:
     """What an OSError while writing into `folder` (the user's `option`) means, as one line and a hint."""
-    path = error.filename or folder
     reason, hint = _WRITE_FAILURES.get(error.errno, (error.strerror or str(error), "check the folder and its file system"))
-    return CofeError(f"cannot write {option} {folder}: {reason} ({path})" if str(path) != str(folder)
-                     else f"cannot write {option} {folder}: {reason}", hint=hint)
+    path = Path(error.filename) if error.filename else None
+    inside = path is None or path == Path(folder) or Path(folder) in path.parents  # staging names inside are noise
+    return CofeError(f"cannot write {option} {folder}: {reason}" + ("" if inside else f" ({path})"), hint=hint)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 import yaml
@@ -43,11 +45,12 @@ class Result:
         return [line for line in self.stderr.splitlines() if line.startswith("hint:")]
 
 
-def cofe(*args: str, cwd: Path) -> Result:
-    """Run `python -m cofe_cli ARGS`; `-X importtime` reports every module the process imports on stderr."""
+def cofe(*args: str, cwd: Path, prefix: Sequence[str] = ()) -> Result:
+    """Run `python -m cofe_cli ARGS` (after `prefix`, a command that runs the rest); `-X importtime` reports
+    every module the process imports on stderr."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "cofe_cli", *args], cwd=cwd, env=env,
+    done = subprocess.run([*prefix, sys.executable, "-X", "importtime", "-m", "cofe_cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     seconds = time.monotonic() - started
     imported, other = set(), []
@@ -262,6 +265,45 @@ def test_failing_init_damages_nothing(tmp_path: Path, existing_federation: Path,
     assert_refused(result, message)
     assert tree(existing_federation) == before
     assert not list(existing_federation.glob(".cofe-init-*")), "staging folders must not be left behind"
+
+
+# ---------------------------------------------------------------- a --dir that cannot be written
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"),
+                                reason="mounting a file system and switching users need root")
+# Runs the rest of the command line with a read-only tmpfs mounted on $0, in a mount namespace of its own.
+READ_ONLY_MOUNT = 'mount -t tmpfs -o size=64k,ro tmpfs "$0" || exit 99; exec "$@"'
+
+
+@needs_root
+def test_init_on_a_read_only_file_system_is_one_line(tmp_path: Path) -> None:
+    """It used to end in an OSError traceback ([Errno 30] Read-only file system)."""
+    config = write_config(tmp_path / "config.yaml")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    for fed in (read_only, read_only / "fed"):
+        result = cofe("init", "-c", config, "-C", "hospital_a", "--dir", fed, cwd=tmp_path,
+                      prefix=["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_MOUNT, str(read_only)])
+        assert result.returncode != 99, result.stderr
+        assert_refused(result, f"cannot write --dir {fed}: it is on a read-only file system")
+        assert "writable file system" in result.hint_lines[0]
+
+
+@needs_root
+def test_init_where_the_user_may_not_write_is_one_line() -> None:
+    """As an unprivileged user (root may write anywhere): permission denied, nothing left behind."""
+    shared = Path(tempfile.mkdtemp(prefix="cofe-eacces-"))
+    try:
+        shared.chmod(0o755)
+        config = write_config(shared / "config.yaml")
+        config.chmod(0o644)
+        fed = shared / "not-mine" / "fed"
+        result = cofe("init", "-c", config, "-C", "hospital_a", "--dir", fed, cwd=shared,
+                      prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        assert_refused(result, f"cannot write --dir {fed}: permission denied")
+        assert sorted(p.name for p in shared.iterdir()) == ["config.yaml"]
+    finally:
+        shutil.rmtree(shared)
 
 
 # ---------------------------------------------------------------- cofe demo never writes over what is not a demo
