@@ -21,10 +21,10 @@ def build(
     base_image: str = typer.Option(None, "--base-image", help="Base image with Debian's userland and Python 3.10-3.12 (default: python:3.11-slim)."),
     extra_ca_bundle: Path = typer.Option(None, "--extra-ca-bundle", help="PEM file of extra CA certificates to trust while building and running (a TLS-intercepting proxy's)."),
     tag: str = typer.Option(None, "--tag", "-t", help="Image name (default: cofe:VERSION, what --container runs)."),
-    source: Path = typer.Option(None, "--source", help="cofe's source tree with the Dockerfile (default: the clone this cofe runs from)."),
+    source: Path = typer.Option(None, "--source", help="A clone of cofe's repository to build (default: the clone you are in, else the installed cofe's own files)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every layer (downloads the dependencies again)."),
 ) -> None:
-    """Build the image from the repository's Dockerfile: cofe, OpenFL, GaNDLF and torch (~3.5 GB of downloads the first time)."""
+    """Build the image from cofe's Dockerfile: cofe, OpenFL, GaNDLF and torch (~3.5 GB of downloads the first time)."""
     from cofe_cli.launch.docker_engine import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE, build_source, connect
 
     if extra_ca_bundle is not None and not extra_ca_bundle.expanduser().is_file():

@@ -76,7 +76,7 @@ def require_image(client, image: str):
         return client.images.get(image)
     except docker.errors.ImageNotFound:
         raise CofeError(f"the image {image} is not on the container engine at {engine_address()}",
-                        hint=f"build it with `cofe image build --tag {image}` (from a clone of cofe's repository), "
+                        hint=f"build it with `cofe image build --tag {image}`, "
                              "or name another with --image") from None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import traceback
 import typing
@@ -268,6 +269,8 @@ def sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "bin").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.setenv("COLUMNS", "200")
+    for name in ("HOME", "TMPDIR"):  # restored after the case, whatever a wrongly started participant set them to
+        monkeypatch.setenv(name, os.environ.get(name, str(tmp_path)))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
