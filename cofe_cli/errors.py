@@ -43,6 +43,15 @@ _WRITE_FAILURES = {
 }
 
 
+def os_failure(error: OSError) -> CofeError:
+    """An OSError no command turned into a message (a read-only, unwritable or full folder met anywhere):
+    one line naming the file, instead of a traceback."""
+    reason, hint = _WRITE_FAILURES.get(error.errno, (error.strerror or str(error), "check the path and its file system"))
+    if not error.filename:
+        return CofeError(error.strerror or str(error), hint=hint)
+    return CofeError(f"{error.filename}: {reason}", hint=hint)
+
+
 def write_failure(error: OSError, folder: Path, option: str = "--dir") -> CofeError:
     """What an OSError while writing into `folder` (the user's `option`) means, as one line and a hint."""
     reason, hint = _WRITE_FAILURES.get(error.errno, (error.strerror or str(error), "check the folder and its file system"))

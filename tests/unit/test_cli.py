@@ -306,6 +306,22 @@ def test_init_where_the_user_may_not_write_is_one_line() -> None:
         shutil.rmtree(shared)
 
 
+@needs_root
+def test_any_command_meeting_a_read_only_folder_says_so_in_one_line(tmp_path: Path) -> None:
+    """`cofe certify` on a federation that is read-only used to end in an OSError traceback (and any other
+    command that writes would): the CLI's last line of defence turns it into one error line."""
+    from cofe_cli.plan.workspaces import CollaboratorData
+    from unit_federation import gandlf_config, write_federation
+
+    fed = tmp_path / "fed"
+    write_federation(fed, config=gandlf_config(), address="localhost", collaborators=[CollaboratorData("hospital_a", None)])
+    read_only_bind = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" || exit 99; exec "$@"'
+    result = cofe("certify", "--dir", fed, cwd=tmp_path,
+                  prefix=["unshare", "--mount", "--propagation", "private", "sh", "-c", read_only_bind, str(fed)])
+    assert result.returncode != 99, result.stderr
+    assert_refused(result, f"{fed / 'ca'}: it is on a read-only file system")
+
+
 # ---------------------------------------------------------------- cofe demo never writes over what is not a demo
 
 
