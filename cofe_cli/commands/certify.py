@@ -19,7 +19,7 @@ from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
-from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_key_matches_cert, verify_issued_by
+from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, MAX_VALIDITY_DAYS, CertificateAuthority, check_key_matches_cert, verify_issued_by
 from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
 
 app = typer.Typer(
@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 _DIR = typer.Option(Path("."), "--dir", "-d", help="Federation (or site) directory.")
-_VALIDITY = typer.Option(DEFAULT_VALIDITY_DAYS, "--validity-days", help="Certificate lifetime in days.")
+_VALIDITY = typer.Option(DEFAULT_VALIDITY_DAYS, "--validity-days", min=1, max=MAX_VALIDITY_DAYS, help="Certificate lifetime in days.")
 _OUT = typer.Option(None, "--output", "-o", help="File to write (default: in the current folder).")
 
 
@@ -38,7 +38,7 @@ def certify(
     ctx: typer.Context,
     dir: Path = typer.Option(Path("."), "--dir", "-d", help="Federation directory."),
     force: bool = typer.Option(False, "--force", help="Replace the CA, keys and certificates that exist."),
-    validity_days: int = typer.Option(DEFAULT_VALIDITY_DAYS, "--validity-days", help="Certificate lifetime in days."),
+    validity_days: int = typer.Option(DEFAULT_VALIDITY_DAYS, "--validity-days", min=1, max=MAX_VALIDITY_DAYS, help="Certificate lifetime in days."),
 ) -> None:
     """For a federation run by one party: a CA and every participant's certificate in one step."""
     if ctx.invoked_subcommand is not None:
@@ -107,7 +107,7 @@ def _local_aggregator_certificate(layout: FederationLayout, manifest: Manifest, 
 def ca(
     dir: Path = _DIR,
     force: bool = typer.Option(False, "--force", help="Replace an existing CA (every certificate it signed stops working)."),
-    validity_days: int = typer.Option(DEFAULT_VALIDITY_DAYS, "--validity-days", help="CA lifetime in days."),
+    validity_days: int = typer.Option(DEFAULT_VALIDITY_DAYS, "--validity-days", min=1, max=MAX_VALIDITY_DAYS, help="CA lifetime in days."),
     aggregator: bool = typer.Option(False, "--aggregator", help="Also certify the aggregator on this host (when the coordinator runs it)."),
 ) -> None:
     """At the coordinator: the federation's root and signing CA, without any participant's key."""

@@ -48,6 +48,7 @@ def aggregator(
     image: str = _IMAGE,
 ) -> None:
     """Serve the federation's aggregator (gRPC, mutual TLS) until the last round is done."""
+    _image_needs_container(image, container)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     require_certificates(layout, manifest, AGGREGATOR)
@@ -71,6 +72,7 @@ def collaborator(
     """Train and validate this site's data for the federation."""
     if device is not None:
         check_device(device)
+    _image_needs_container(image, container)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     manifest.require_collaborator(name)
@@ -81,6 +83,11 @@ def collaborator(
     if container:
         _run_in_container(layout, manifest, name, image=image, gpus=gpus, device=device)
     _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name, device=device))
+
+
+def _image_needs_container(image: str | None, container: bool) -> None:
+    if image is not None and not container:
+        raise CofeError("--image goes with --container", hint="add --container, or leave --image out")
 
 
 def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | None) -> None:

@@ -24,6 +24,7 @@ from cofe_cli.fsutil import atomic_write_bytes
 
 # A study must not expire mid-way; OpenFL's 365 days is too short for a multi-site study.
 DEFAULT_VALIDITY_DAYS = 3 * 365
+MAX_VALIDITY_DAYS = 20 * 365  # beyond it a lifetime is a typo (10**9 days overflows the dates)
 
 ROOT_CERT = "root-ca.crt"
 SIGNING_CERT = "signing-ca.crt"
@@ -392,8 +393,9 @@ def _common_name(name: x509.Name) -> str:
 
 
 def _check_validity(validity_days: int) -> None:
-    if validity_days < 1:
-        raise CofeError(f"validity of {validity_days} days is not positive", hint="give a number of days >= 1")
+    if not 1 <= validity_days <= MAX_VALIDITY_DAYS:
+        raise CofeError(f"a validity of {validity_days} days is not between 1 and {MAX_VALIDITY_DAYS}",
+                        hint="give a number of days such as 1095 (3 years)")
 
 
 def _check_public_key(public_key) -> None:

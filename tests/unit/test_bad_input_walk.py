@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import sys
 import traceback
 import typing
@@ -27,10 +28,12 @@ from typing import Callable
 import pytest
 import typer
 import yaml
-from unit_federation import gandlf_config
+from unit_federation import gandlf_config, write_federation
 from volumes import write_volume
 
 from cofe_cli.app import app, main
+from cofe_cli.pki.workspace_certs import certify_locally
+from cofe_cli.plan.workspaces import CollaboratorData
 
 HEAVY = ("torch", "GANDLF", "openfl")
 
@@ -284,14 +287,39 @@ def test_the_walk_covers_every_command() -> None:
     assert len(cases()) > 200
 
 
-@pytest.mark.parametrize("case", cases())
-def test_bad_input_fails_cleanly(sealed: Path, case: Case) -> None:
-    argv = case.argv(sealed)
+@pytest.fixture(scope="module")
+def certified_federation(tmp_path_factory) -> Path:
+    """A federation as `cofe init` and `cofe certify` leave it (no init.pbuf: no torch), its collaborator
+    without data, so that nothing can start training in it."""
+    root = tmp_path_factory.mktemp("certified") / "fed"
+    layout = write_federation(root, config=gandlf_config(), address="localhost",
+                              collaborators=[CollaboratorData("hospital_a", None)])
+    certify_locally(layout, layout.load_manifest())
+    return root
+
+
+def assert_fails_cleanly(argv: list[str]) -> None:
     outcome = run_in_process(argv)
     shown = f"cofe {' '.join(argv)}\nexit {outcome.code}\n{outcome.output}\n{outcome.escaped or ''}"
     assert outcome.escaped is None and "Traceback" not in outcome.output, shown
     assert outcome.code != 0, shown
     lines = outcome.output.splitlines()
     usage_error = outcome.code == 2 and any(line.startswith("Usage: cofe") for line in lines)
-    assert usage_error or any(line.startswith("error: ") and len(line) > len("error: ") for line in lines), shown
+    doctor_failed = outcome.code == 1 and argv[0] == "doctor" and any(" checks failed" in line for line in lines)
+    assert usage_error or doctor_failed or any(line.startswith("error: ") and len(line) > len("error: ")
+                                               for line in lines), shown
+
+
+@pytest.mark.parametrize("case", cases())
+def test_bad_input_fails_cleanly(sealed: Path, case: Case) -> None:
+    assert_fails_cleanly(case.argv(sealed))
+
+
+@pytest.mark.parametrize("case", cases())
+def test_bad_input_fails_cleanly_in_a_federation(sealed: Path, certified_federation: Path, case: Case) -> None:
+    """The same, run in a certified federation (the default --dir), so checks past "no federation" are reached."""
+    shutil.rmtree(sealed / "work")
+    shutil.copytree(certified_federation, sealed / "work", symlinks=True)
+    os.chdir(sealed / "work")  # the folder was replaced; the fixture restores the cwd afterwards
+    assert_fails_cleanly(case.argv(sealed))
 
