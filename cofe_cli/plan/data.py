@@ -112,7 +112,7 @@ def _voxels(size: Sequence[int]) -> str:
     return "x".join(str(n) for n in size)
 
 
-def _check_images(path: Path, line: int, row: dict[str, str], file_columns: list[str]) -> tuple[int, ...]:
+def _check_images(path: Path, line: int, row: dict[str, str], file_columns: list[str], subject: str) -> tuple[int, ...]:
     """Every file of one subject is an image, and they share one voxel grid (GaNDLF trains on them voxel by voxel)."""
     first, first_size = None, None
     for column in file_columns:
@@ -124,7 +124,7 @@ def _check_images(path: Path, line: int, row: dict[str, str], file_columns: list
             first, first_size = column, size
         elif size != first_size:
             raise CofeError(f"{path}:{line}: {column} is {_voxels(size)} voxels but {first} is {_voxels(first_size)} "
-                            f"(subject {row.get('SubjectID') or line})",
+                            f"(subject {subject})",
                             hint="every image and the label of one subject must have the same size: resample them to one grid")
     return first_size or ()
 
@@ -172,7 +172,7 @@ def check_csv(path: Path, *, problem_type: str | None, channels: int | None = No
                     f"{path}:{line}: {column} file does not exist: {value}",
                     hint="relative paths are read from the CSV's own folder",
                 )
-        sizes.append(_check_images(path, line, row, file_columns))
+        sizes.append(_check_images(path, line, row, file_columns, row[columns.subject]))
     return CheckedCsv(columns, rows, sizes)
 
 
