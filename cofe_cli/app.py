@@ -13,7 +13,7 @@ from cofe_cli.commands import doctor
 from cofe_cli.commands import slurm_jobs
 from cofe_cli.commands import evaluate, export_model, infer
 from cofe_cli.console import err_console, print_error
-from cofe_cli.errors import CofeError, FederationFailed
+from cofe_cli.errors import CofeError, FederationFailed, os_failure
 
 app = typer.Typer(
     name="cofe",
@@ -56,7 +56,10 @@ app.command("stop")(slurm_jobs.stop)
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, prog_name="cofe")
+        try:
+            app(args=argv, prog_name="cofe")
+        except OSError as error:  # e.g. a read-only or full disk where a command writes: one line, not a traceback
+            raise os_failure(error) from None
     except CofeError as error:
         if isinstance(error, FederationFailed) and error.log_tail:
             err_console.rule(f"last log lines of {error.participant}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class CofeError(Exception):
     """Bad input or a failed precondition. Printed as one line plus a hint, exit code 2."""
@@ -26,3 +29,32 @@ class FederationFailed(CofeError):
         self.participant = participant
         self.log_tail = list(log_tail or [])
         self.exit_code = exit_code
+
+
+# errno -> (what went wrong, what to do); a folder cofe writes to, named in the message.
+_WRITE_FAILURES = {
+    errno.EROFS: ("it is on a read-only file system", "choose a folder on a writable file system"),
+    errno.ENOSPC: ("no space is left on its device", "free space there, or choose a folder on a file system with room"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space within your quota, or choose another folder"),
+    errno.EACCES: ("permission denied", "choose a folder you may write to, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a folder you may write to, or fix its permissions"),
+    errno.EEXIST: ("it is a file, not a folder", "give a folder (it is made if missing), not a file"),
+    errno.ENOTDIR: ("a part of its path is a file, not a folder", "give a folder (it is made if missing), not a path through a file"),
+}
+
+
+def os_failure(error: OSError) -> CofeError:
+    """An OSError no command turned into a message (a read-only, unwritable or full folder met anywhere):
+    one line naming the file, instead of a traceback."""
+    reason, hint = _WRITE_FAILURES.get(error.errno, (error.strerror or str(error), "check the path and its file system"))
+    if not error.filename:
+        return CofeError(error.strerror or str(error), hint=hint)
+    return CofeError(f"{error.filename}: {reason}", hint=hint)
+
+
+def write_failure(error: OSError, folder: Path, option: str = "--dir") -> CofeError:
+    """What an OSError while writing into `folder` (the user's `option`) means, as one line and a hint."""
+    reason, hint = _WRITE_FAILURES.get(error.errno, (error.strerror or str(error), "check the folder and its file system"))
+    path = Path(error.filename) if error.filename else None
+    inside = path is None or path == Path(folder) or Path(folder) in path.parents  # staging names inside are noise
+    return CofeError(f"cannot write {option} {folder}: {reason}" + ("" if inside else f" ({path})"), hint=hint)

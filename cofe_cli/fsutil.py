@@ -50,3 +50,32 @@ def staged_dir(target: Path) -> Iterator[Path]:
     os.replace(stage, target)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    missing = None
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            break
+        missing = candidate
+    return missing
+
+
+@contextlib.contextmanager
+def writing_into(folder: Path, option: str = "--dir") -> Iterator[Path]:
+    """Make `folder` and write into it: an OSError (read-only, full, not a folder, ...) becomes one line
+    naming the folder, and on any failure a folder made here is removed again with what was written
+    into it, so a failed command leaves nothing behind, not even an empty folder."""
+    from cofe_cli.errors import write_failure
+
+    folder = Path(folder)
+    made = _topmost_missing(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+    except BaseException as error:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise write_failure(error, folder, option) from None
+        raise

@@ -10,13 +10,15 @@ import typer
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
-from cofe_cli.fsutil import atomic_write_text
-from cofe_cli.plan.builder import dump_yaml
+from cofe_cli.fsutil import atomic_write_text, writing_into
+from cofe_cli.plan.builder import check_rounds, dump_yaml
+from cofe_cli.plan.workspaces import collaborator_data_folder
 
-from cofe_cli.commands.init import InitRequest
+from cofe_cli.commands.init import InitRequest, initialise, report_initialised
 from cofe_cli.commands.run import ContainerOptions, check_timeout, prepare, run_federation
 
 DEMO_SITES = ("hospital_a", "hospital_b", "hospital_c")
+DEMO_NAME = "cofe-demo"
 CONTAINER_AGGREGATOR = "cofe-aggregator"
 
 
@@ -41,21 +43,49 @@ def demo(
     check_timeout(timeout)
     root = Path(dir).expanduser().resolve()
     layout = FederationLayout(root)
-    if layout.is_initialised() and not force:
-        raise CofeError(f"{root} already holds a demo federation", hint="pass --force to start over, or `cofe run --dir {root} --restart`")
+    check_rounds(rounds)
+    if image is not None and not containers:
+        raise CofeError("--image goes with --containers", hint="add --containers, or leave --image out")
+    check_demo_folder(layout, force=force)
     names = [DEMO_SITES[i] if i < len(DEMO_SITES) else f"hospital_{i + 1}" for i in range(sites)]
-    with console.status(f"Generating synthetic MRI-like volumes for {sites} hospitals..."):
-        folders = make_demo_federation_data(root / "data", names)
-    config_path = root / "gandlf_config.yaml"
-    atomic_write_text(config_path, dump_yaml(demo_gandlf_config()))
-    console.print(f"Data for {', '.join(names)} in {root / 'data'}; GaNDLF config {config_path}")
-    # In containers the collaborators dial the aggregator's container by this name (also its certificate's).
-    request = InitRequest(gandlf_config=config_path, collaborators=[f"{n}={folders[n]}" for n in names],
-                          rounds=rounds, port=free_port(), force=force, name="cofe-demo",
-                          aggregator_address=CONTAINER_AGGREGATOR if containers else "localhost")
-    if force and layout.is_initialised():
-        from cofe_cli.commands.init import initialise, report_initialised
-
-        report_initialised(layout, initialise(layout, request), next_steps=False)
-    run_federation(layout, prepare(layout, request), restart=True, timeout=timeout,
+    with writing_into(root):  # a demo that fails before its federation runs leaves no folder of its own behind
+        with console.status(f"Generating synthetic MRI-like volumes for {sites} hospitals..."):
+            folders = make_demo_federation_data(root / "data", names)
+        config_path = root / "gandlf_config.yaml"
+        atomic_write_text(config_path, dump_yaml(demo_gandlf_config()))
+        console.print(f"Data for {', '.join(names)} in {root / 'data'}; GaNDLF config {config_path}")
+        # In containers the collaborators dial the aggregator's container by this name (also its certificate's).
+        request = InitRequest(gandlf_config=config_path, collaborators=[f"{n}={folders[n]}" for n in names],
+                              rounds=rounds, port=free_port(), force=force, name=DEMO_NAME,
+                              aggregator_address=CONTAINER_AGGREGATOR if containers else "localhost")
+        if force and layout.is_initialised():
+            report_initialised(layout, initialise(layout, request), next_steps=False)
+        manifest = prepare(layout, request)
+    run_federation(layout, manifest, restart=True, timeout=timeout,
                    containers=ContainerOptions(image=image) if containers else None)
+
+
+# What a demo folder holds: anything else there is someone's, and the demo does not write over it.
+DEMO_ENTRIES = frozenset({"data", "gandlf_config.yaml", "plans", "workspaces", "ca", "results"})
+
+
+def check_demo_folder(layout: FederationLayout, *, force: bool) -> None:
+    """The demo writes only into a new or empty folder or an earlier demo's, never over a user's federation."""
+    root = layout.root
+    if root.exists() and not root.is_dir():
+        raise CofeError(f"--dir {root} is a file, not a folder", hint="give the demo a folder (it is made if missing), e.g. --dir cofe-demo")
+    if layout.is_initialised():
+        manifest = layout.load_manifest()
+        data_folders = [collaborator_data_folder(layout, name) for name in manifest.collaborators]
+        if manifest.name != DEMO_NAME or not all(folder and (root / "data") in folder.parents for folder in data_folders):
+            raise CofeError(f"{root} holds the federation {manifest.name} ({len(manifest.collaborators)} collaborator(s): "
+                            f"{', '.join(manifest.collaborators)}), not a cofe demo",
+                            hint="give the demo a folder of its own, e.g. --dir cofe-demo (--force does not replace a federation that is not a demo)")
+        if not force:
+            raise CofeError(f"{root} already holds a demo federation",
+                            hint=f"pass --force to start over, or `cofe run --dir {root} --restart` to train it again")
+        return
+    foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in DEMO_ENTRIES) if root.is_dir() else []
+    if foreign:
+        raise CofeError(f"{root} holds files that are not a cofe demo's ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})",
+                        hint="give the demo a new or empty folder, e.g. --dir cofe-demo")

@@ -466,18 +466,17 @@ def check_clock(*, now: datetime | None = None, server_cert: x509.Certificate | 
 
 
 def check_data(folder: Path | None, gandlf_config: dict, *, participant: str) -> Check:
-    from cofe_cli.plan.data import check_data_folder, problem_type_of
+    from cofe_cli.plan.data import check_site_data
 
     if folder is None:
         return _fail("data", f"{participant} has no data folder yet",
                      f"name it: `cofe doctor --data PATH`, then `cofe start collaborator {participant} --data PATH`")
     try:
-        summary = check_data_folder(folder, problem_type=problem_type_of(gandlf_config),
-                                    channels=(gandlf_config.get("model") or {}).get("num_channels"))
+        summary = check_site_data(folder, gandlf_config)
     except CofeError as error:
         return _fail("data", error.message, error.hint or "fix the CSVs")
     return _pass("data", f"{summary.folder}: train.csv {summary.train_subjects} subject(s), valid.csv "
-                         f"{summary.valid_subjects}, {summary.channels} channel(s), every listed file exists")
+                         f"{summary.valid_subjects}, {summary.channels} channel(s), every listed file an image")
 
 
 def installed_version(package: str) -> str | None:

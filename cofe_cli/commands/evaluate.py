@@ -11,6 +11,7 @@ import typer
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.commands.run import check_timeout
 
 MODELS = {"best": "save/best.pbuf", "final": "save/last.pbuf"}
 
@@ -27,8 +28,7 @@ def evaluate(
     """Federated evaluation: each site validates the model on its data over gRPC with mutual TLS; a table, the weighted mean, results/evaluation.csv."""
     from cofe_cli.plan.evaluation import build_evaluation, parse_sites
 
-    if timeout is not None and timeout <= 0:
-        raise CofeError(f"--timeout must be positive, got {timeout:g}", hint="give the seconds to wait, e.g. --timeout 600")
+    check_timeout(timeout)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     source = _model_file(layout, model)

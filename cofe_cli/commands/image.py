@@ -21,18 +21,23 @@ def build(
     base_image: str = typer.Option(None, "--base-image", help="Base image with Debian's userland and Python 3.10-3.12 (default: python:3.11-slim)."),
     extra_ca_bundle: Path = typer.Option(None, "--extra-ca-bundle", help="PEM file of extra CA certificates to trust while building and running (a TLS-intercepting proxy's)."),
     tag: str = typer.Option(None, "--tag", "-t", help="Image name (default: cofe:VERSION, what --container runs)."),
-    source: Path = typer.Option(None, "--source", help="cofe's source tree with the Dockerfile (default: the clone this cofe runs from)."),
+    source: Path = typer.Option(None, "--source", help="A clone of cofe's repository to build (default: the clone you are in, else the installed cofe's own files)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every layer (downloads the dependencies again)."),
 ) -> None:
-    """Build the image from the repository's Dockerfile: cofe, OpenFL, GaNDLF and torch (~3.5 GB of downloads the first time)."""
-    from cofe_cli.launch.docker_engine import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE, build_failure, build_image, connect, find_source_tree
+    """Build the image from cofe's Dockerfile: cofe, OpenFL, GaNDLF and torch (~3.5 GB of downloads the first time)."""
+    from cofe_cli.launch.docker_engine import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE, build_source, connect
 
     if extra_ca_bundle is not None and not extra_ca_bundle.expanduser().is_file():
         raise CofeError(f"no CA bundle at {extra_ca_bundle}", hint="give a PEM file, e.g. /usr/local/share/ca-certificates/proxy.crt")
-    root = find_source_tree(source)
-    client = connect()
-    tag = tag or DEFAULT_IMAGE
-    base_image = base_image or DEFAULT_BASE_IMAGE
+    with build_source(source) as root:
+        client = connect()
+        _build(client, root, tag=tag or DEFAULT_IMAGE, base_image=base_image or DEFAULT_BASE_IMAGE,
+               extra_ca_bundle=extra_ca_bundle, no_cache=no_cache)
+
+
+def _build(client, root: Path, *, tag: str, base_image: str, extra_ca_bundle: Path | None, no_cache: bool) -> None:
+    from cofe_cli.launch.docker_engine import build_failure, build_image
+
     console.print(f"Building {tag} from {root / 'Dockerfile'} on base {base_image}"
                   + (f", trusting the CAs in {extra_ca_bundle}" if extra_ca_bundle else "") + "...")
     with console.status("starting the build...") as status:

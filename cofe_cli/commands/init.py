@@ -10,14 +10,16 @@ from importlib import metadata
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cofe_cli import __version__
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, file_sha384
+from cofe_cli.fsutil import writing_into
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml, plan_hash
-from cofe_cli.plan.data import check_data_folder, problem_type_of, split_csv
+from cofe_cli.plan.data import check_data_folder, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
 
@@ -80,11 +82,9 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:
         raise CofeError(f"--valid-fraction must be between 0 and 1, got {request.valid_fraction}", hint="e.g. --valid-fraction 0.2")
-    problem_type = problem_type_of(gandlf_config)
-    channels = (gandlf_config.get("model") or {}).get("num_channels")
-    for name, data in collaborators:
-        if data is not None and not data.is_file():
-            check_data_folder(data, problem_type=problem_type, channels=channels)
+    expected = expectations_of(gandlf_config)
+    notes = [note for name, data in collaborators if data is not None and not data.is_file()
+             for note in check_data_folder(data, **expected).notes]
 
     plan_yaml = dump_yaml(build_plan(gandlf_config, options))
     manifest = Manifest(
@@ -94,40 +94,55 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
         versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
     )
 
-    with federation_locked(layout):  # refused while a run or a participant uses the directory
+    with writing_into(layout.root), federation_locked(layout):  # refused while a run or a participant uses it
         if layout.is_initialised() and not request.force:
-            raise CofeError(f"{layout.root} already holds a federation", hint="pass --force to replace its plan and workspaces (its CA is kept)")
-        stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-init-", dir=layout.root)))
-        try:
-            data_entries = []
-            for name, data in collaborators:
-                if data is not None and data.is_file():
-                    # A single CSV is split by subject into the site's workspace; absolute paths keep it valid after the move.
-                    split_csv(data, stage.workspace(name) / "data", problem_type=problem_type, channels=channels,
-                              valid_fraction=request.valid_fraction)
-                    data = layout.workspace(name) / "data"
-                data_entries.append(CollaboratorData(name, data.resolve() if data else None))
-            build_federation(stage, plan_yaml, gandlf_config, manifest, data_entries)
-            with console.status("Checking with GaNDLF and OpenFL and building the initial model (first run imports torch)..."):
-                from cofe_cli.engine.gandlf_validation import validate_with_gandlf
-                from cofe_cli.engine.participant import check_plan, quiet, write_initial_model
-
-                with quiet():
-                    validate_with_gandlf(gandlf_config)
-                    check_plan(stage.workspace(AGGREGATOR))
-                    write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
-            # The weights are part of the federation's identity: their hash goes into the fingerprint read back.
-            manifest = replace(manifest, init_model_sha384=file_sha384(stage.plans / INIT_MODEL))
-            write_manifest(stage, manifest)
-            shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
-            _swap_in(stage, layout)
-            if changes:
-                console.print(f"Adapted the GaNDLF config for GaNDLF {gandlf_version} (saved as plans/gandlf_config.yaml):")
-                for change in changes:
-                    console.print(f"  - {change}", markup=False)
-        finally:
-            shutil.rmtree(stage.root, ignore_errors=True)
+            raise CofeError(f"{layout.root} already holds a federation",
+                            hint="pass --force to replace its plan and workspaces (its CA is kept)")
+        manifest, split_notes = _build_and_swap_in(layout, request, gandlf_config, plan_yaml, manifest, collaborators,
+                                                   expected)
+    notes += split_notes
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if changes:
+        console.print(f"Adapted the GaNDLF config for GaNDLF {gandlf_version} (saved as plans/gandlf_config.yaml):")
+        for change in changes:
+            console.print(f"  - {change}", markup=False)
     return manifest
+
+
+def _build_and_swap_in(layout: FederationLayout, request: InitRequest, gandlf_config: dict, plan_yaml: str,
+                       manifest: Manifest, collaborators: list[tuple[str, Path | None]],
+                       expected: dict) -> tuple[Manifest, list[str]]:
+    """Build the federation in a staging folder inside --dir, have GaNDLF and OpenFL check it, then swap it in.
+    Returns the manifest (with the initial model's hash) and the notes on the sites' data that a split CSV gave."""
+    stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-init-", dir=layout.root)))
+    notes = []
+    try:
+        data_entries = []
+        for name, data in collaborators:
+            if data is not None and data.is_file():
+                # A single CSV is split by subject into the site's workspace; absolute paths keep it valid after the move.
+                notes += split_csv(data, stage.workspace(name) / "data", valid_fraction=request.valid_fraction,
+                                   **expected).notes
+                data = layout.workspace(name) / "data"
+            data_entries.append(CollaboratorData(name, data.resolve() if data else None))
+        build_federation(stage, plan_yaml, gandlf_config, manifest, data_entries)
+        with console.status("Checking with GaNDLF and OpenFL and building the initial model (first run imports torch)..."):
+            from cofe_cli.engine.gandlf_validation import validate_with_gandlf
+            from cofe_cli.engine.participant import check_plan, quiet, write_initial_model
+
+            with quiet():
+                validate_with_gandlf(gandlf_config)
+                check_plan(stage.workspace(AGGREGATOR))
+                write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
+        # The weights are part of the federation's identity: their hash goes into the fingerprint read back.
+        manifest = replace(manifest, init_model_sha384=file_sha384(stage.plans / INIT_MODEL))
+        write_manifest(stage, manifest)
+        shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
+        _swap_in(stage, layout)
+    finally:
+        shutil.rmtree(stage.root, ignore_errors=True)
+    return manifest, notes
 
 
 def _swap_in(stage: FederationLayout, layout: FederationLayout) -> None:
@@ -145,12 +160,12 @@ def init(
         help="NAME=FOLDER (with GaNDLF train.csv/valid.csv), NAME=FILE.csv (split by subject), or NAME (data given at the site). Repeat per site.",
     ),
     dir: Path = typer.Option(Path("."), "--dir", "-d", help="Federation directory."),
-    rounds: int = typer.Option(3, "--rounds", "-r", help="Federated rounds to train."),
+    rounds: int = typer.Option(3, "--rounds", "-r", help="Federated rounds to train (1-10000)."),
     aggregator_address: str = typer.Option("localhost", "--aggregator-address", "-a", help="DNS name or IP that collaborators dial (goes into the server certificate)."),
     port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="Aggregator TCP port."),
     algorithm: str = typer.Option("fedavg", "--algorithm", help=f"Aggregation: {', '.join(ALGORITHMS)}."),
     proximal_mu: float = typer.Option(None, "--proximal-mu", help="FedProx mu (default 0.01 with --algorithm fedprox)."),
-    device: str = typer.Option("cpu", "--device", help="Training device in the plan: cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="Training device in the plan: cpu, cuda or cuda:N."),
     epochs_per_round: int = typer.Option(1, "--epochs-per-round", help="Local epochs each round."),
     validation_norm: str = typer.Option("input", "--validation-norm", help="Instance-norm statistics when validating: input (each volume's own) or running (GaNDLF's averages; unreliable across sites)."),
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Validation share when a site gives a single CSV."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ def prepare(layout: FederationLayout, request: InitRequest | None) -> Manifest:
     return manifest
 
 
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise CofeError(f"--timeout must be a positive number of seconds, got {timeout:g}",
+                        hint="e.g. --timeout 3600, or leave it out to wait until the federation ends")
+
+
 @dataclass(frozen=True)
 class ContainerOptions:
     """`--containers`: every participant in a container of `image` (None: cofe:VERSION)."""
@@ -48,12 +55,6 @@ class ContainerOptions:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def check_timeout(timeout: float | None) -> None:
-    if timeout is not None and timeout <= 0:
-        raise CofeError(f"--timeout must be more than 0 seconds, got {timeout:g}",
-                        hint="give the seconds the whole federation may take, e.g. --timeout 3600, or leave it out")
 
 
 def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None,
@@ -140,6 +141,7 @@ def run(
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     check_timeout(timeout)
     layout = FederationLayout(dir)
+    check_timeout(timeout)
     request = None
     if gandlf_config or collaborator:
         if not (gandlf_config and collaborator):
@@ -147,7 +149,7 @@ def run(
         address = aggregator_address or ("aggregator" if containers else "localhost")
         request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port,
                               algorithm=algorithm, aggregator_address=address)
-    if (image or gpus) and not containers:
+    if (image is not None or gpus is not None) and not containers:
         raise CofeError("--image and --gpus go with --containers", hint="add --containers, or leave them out")
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,

@@ -17,7 +17,8 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_initial_model
 from cofe_cli.locks import participant_locked
 from cofe_cli.pki.workspace_certs import require_certificates
-from cofe_cli.plan.data import check_data_folder, problem_type_of
+from cofe_cli.plan.builder import check_device
+from cofe_cli.plan.data import check_site_data
 from cofe_cli.plan.workspaces import GANDLF_FILE, aggregator_init_model, collaborator_data_folder, set_collaborator_data
 from cofe_cli.ports import check_port_free
 
@@ -50,6 +51,7 @@ def aggregator(
     image: str = _IMAGE,
 ) -> None:
     """Serve the federation's aggregator (gRPC, mutual TLS) until the last round is done."""
+    _image_needs_container(image, container)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     require_certificates(layout, manifest, AGGREGATOR)
@@ -76,6 +78,9 @@ def collaborator(
     gpus: str = typer.Option(None, "--gpus", help="With --container: GPUs to pass through (all, a count, or device=0,1); trains on cuda."),
 ) -> None:
     """Train and validate this site's data for the federation."""
+    if device is not None:
+        check_device(device)
+    _image_needs_container(image, container)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     manifest.require_collaborator(name)
@@ -90,6 +95,11 @@ def collaborator(
         _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name, device=device))
 
 
+def _image_needs_container(image: str | None, container: bool) -> None:
+    if image is not None and not container:
+        raise CofeError("--image goes with --container", hint="add --container, or leave --image out")
+
+
 def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | None) -> None:
     import yaml
 
@@ -97,8 +107,7 @@ def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | 
     folder = data.expanduser().resolve() if data else collaborator_data_folder(layout, name)
     if folder is None:
         raise CofeError(f"{name} has no data folder yet", hint=f"start it with `cofe start collaborator {name} --data PATH`")
-    check_data_folder(folder, problem_type=problem_type_of(gandlf_config),
-                      channels=(gandlf_config.get("model") or {}).get("num_channels"))
+    check_site_data(folder, gandlf_config)
     if data:
         set_collaborator_data(layout, name, folder)
 

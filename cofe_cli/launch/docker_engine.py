@@ -6,13 +6,16 @@ never pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from cofe_cli import __version__
 from cofe_cli.errors import CofeError
@@ -73,7 +76,7 @@ def require_image(client, image: str):
         return client.images.get(image)
     except docker.errors.ImageNotFound:
         raise CofeError(f"the image {image} is not on the container engine at {engine_address()}",
-                        hint=f"build it with `cofe image build --tag {image}` (from a clone of cofe's repository), "
+                        hint=f"build it with `cofe image build --tag {image}`, "
                              "or name another with --image") from None
 
 
@@ -97,15 +100,67 @@ def split_pem_bundle(text: str) -> list[str]:
     return [block + "\n" for block in _PEM_BLOCK.findall(text)]
 
 
-def find_source_tree(source: Path | None) -> Path:
-    """The repository to build from: --source, or the clone this cofe runs from (an editable install)."""
-    candidates = [Path(source).expanduser().resolve()] if source else [Path(__file__).resolve().parents[2]]
-    for root in candidates:
-        if (root / "Dockerfile").is_file() and (root / "pyproject.toml").is_file() and (root / "cofe_cli").is_dir():
-            return root
-    where = candidates[0]
-    raise CofeError(f"no cofe source tree with a Dockerfile at {where}",
-                    hint="run it from a clone of cofe's repository (an editable install), or pass --source DIR")
+# What the Dockerfile copies from the build context besides the package (and docker/extra-ca/).
+BUILD_FILES = ("Dockerfile", "pyproject.toml", "README.md")
+# In cofe_cli/: links to BUILD_FILES in a clone, copies of them in an installed wheel.
+PACKAGED_BUILD_FILES = "container_image"
+_SOURCE_HINT = "run it in a clone of cofe's repository, or pass --source with the root of one (it holds Dockerfile, pyproject.toml and cofe_cli/)"
+
+
+def _names_cofe(pyproject: Path) -> bool:
+    text = pyproject.read_text(errors="replace")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no TOML reader in the standard library
+        return re.search(r'(?m)^name\s*=\s*"cofe"\s*$', text) is not None
+    try:
+        return (tomllib.loads(text).get("project") or {}).get("name") == "cofe"
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def is_source_tree(root: Path) -> bool:
+    """A clone of cofe's repository: its Dockerfile, a pyproject.toml naming the project cofe, the package."""
+    return (root / "Dockerfile").is_file() and (root / "cofe_cli").is_dir() and (root / "pyproject.toml").is_file() \
+        and _names_cofe(root / "pyproject.toml")
+
+
+@contextlib.contextmanager
+def build_source(source: Path | None) -> Iterator[Path]:
+    """The folder the image is built from: --source; else the clone the command runs in (the current folder
+    or one above it); else the clone this cofe runs from (an editable install); else a temporary folder
+    assembled from the installed package, whose wheel carries the Dockerfile and the project files."""
+    if source is not None:
+        root = Path(source).expanduser().resolve()
+        if not is_source_tree(root):
+            raise CofeError(f"no cofe source tree at {root} (a Dockerfile, a pyproject.toml naming cofe, cofe_cli/)",
+                            hint=_SOURCE_HINT)
+        yield root
+        return
+    package = Path(__file__).resolve().parents[1]
+    here = Path.cwd().resolve()
+    for root in (here, *here.parents, package.parent):
+        if is_source_tree(root):
+            yield root
+            return
+    with tempfile.TemporaryDirectory(prefix="cofe-image-") as temp:
+        yield assemble_source(package, Path(temp))
+
+
+def assemble_source(package: Path, into: Path) -> Path:
+    """What the Dockerfile copies, from an installed package: the build files it ships, the package
+    itself (without caches and the shipped copies) and the folder for extra CA certificates."""
+    shipped = package / PACKAGED_BUILD_FILES
+    missing = [name for name in BUILD_FILES if not (shipped / name).is_file()]
+    if missing:
+        raise CofeError(f"this cofe ({package}) was installed without the files its image is built from "
+                        f"({', '.join(missing)} in {shipped})", hint=_SOURCE_HINT)
+    for name in BUILD_FILES:
+        shutil.copyfile(shipped / name, into / name)
+    shutil.copytree(package, into / "cofe_cli", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", PACKAGED_BUILD_FILES))
+    (into / EXTRA_CA_FOLDER).mkdir(parents=True)
+    (into / EXTRA_CA_FOLDER / "README.md").write_text("CA certificates (*.crt) here are trusted by the image.\n")
+    return into
 
 
 def build_context(source: Path, extra_ca_bundle: Path | None):

@@ -62,7 +62,7 @@ from cofe_cli.pki.requests import (
 )
 from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.plan.builder import INIT_STATE_PATH, plan_hash
-from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, check_data_folder, problem_type_of
+from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, check_site_data, problem_type_of
 from cofe_cli.plan.workspaces import COLS_FILE, GANDLF_FILE, INIT_MODEL, PLAN_FILE, collaborator_data_folder, write_workspace
 
 KIT_FORMAT = "cofe-site-kit"
@@ -368,8 +368,7 @@ def _import_members(members: dict[str, bytes | StreamedMember], source: Path, si
         if name == AGGREGATOR:
             raise CofeError("the aggregator has no data of its own; --data is for a collaborator's kit", hint="drop --data")
         data = Path(data).expanduser().resolve()
-        check_data_folder(data, problem_type=problem_type_of(gandlf_config),
-                          channels=(gandlf_config.get("model") or {}).get("num_channels"))
+        check_site_data(data, gandlf_config)
 
     plan_files = {member.split("/", 1)[1]: members[member]
                   for member in (*PLAN_MEMBERS, INIT_MEMBER) if member in members}

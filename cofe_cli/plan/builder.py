@@ -7,6 +7,8 @@ file means the same federation on every host and its hash identifies it.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -22,6 +24,12 @@ ALGORITHMS: dict[str, tuple[str, float | None]] = {
     "median": ("openfl.interface.aggregation_functions.Median", None),
     "geometric-median": ("openfl.interface.aggregation_functions.GeometricMedian", None),
 }
+
+# Above these a value is a typo (1000000000 rounds would run for centuries), not a plan.
+MAX_ROUNDS = 10_000
+MAX_EPOCHS_PER_ROUND = 1_000
+# What torch trains on in a GaNDLF task runner: the CPU or an NVIDIA GPU (the first, or number N).
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
 
 VALIDATION_TASKS = ("aggregated_model_validation", "locally_tuned_model_validation")
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
@@ -39,9 +47,20 @@ class PlanOptions:
     instance_norm_statistics: str = "input"  # see engine/openfl_task_runner.py
 
 
+def check_device(device: str) -> str:
+    if not _DEVICE.match(device or ""):
+        raise CofeError(f"--device {device!r} is not a device torch can train on",
+                        hint="use cpu, cuda (the first GPU) or cuda:N (GPU number N)")
+    return device
+
+
+def check_rounds(rounds: int) -> None:
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise CofeError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {rounds}", hint="e.g. --rounds 3")
+
+
 def check_plan_options(options: PlanOptions) -> None:
-    if options.rounds < 1:
-        raise CofeError(f"--rounds must be at least 1, got {options.rounds}", hint="e.g. --rounds 3")
+    check_rounds(options.rounds)
     if not 1 <= options.aggregator_port <= 65535:
         raise CofeError(f"port {options.aggregator_port} is out of range", hint="use a TCP port between 1 and 65535, e.g. 50051")
     if options.algorithm not in ALGORITHMS:
@@ -49,13 +68,15 @@ def check_plan_options(options: PlanOptions) -> None:
     if options.proximal_mu is not None and options.algorithm != "fedprox":
         raise CofeError(f"--proximal-mu is FedProx's setting, but the algorithm is {options.algorithm}",
                         hint="add --algorithm fedprox, or drop --proximal-mu")
-    if options.proximal_mu is not None and options.proximal_mu < 0:
-        raise CofeError(f"--proximal-mu must not be negative, got {options.proximal_mu}", hint="e.g. --proximal-mu 0.01")
+    if options.proximal_mu is not None and not (math.isfinite(options.proximal_mu) and options.proximal_mu >= 0):
+        raise CofeError(f"--proximal-mu must be a number 0 or more, got {options.proximal_mu}", hint="e.g. --proximal-mu 0.01")
     if options.instance_norm_statistics not in ("input", "running"):
         raise CofeError(f"--validation-norm must be input or running, not {options.instance_norm_statistics!r}",
                         hint="input: each volume's own statistics (cofe's default); running: GaNDLF's running averages")
-    if options.epochs_per_round < 1:
-        raise CofeError("--epochs-per-round must be at least 1", hint="e.g. --epochs-per-round 1")
+    if not 1 <= options.epochs_per_round <= MAX_EPOCHS_PER_ROUND:
+        raise CofeError(f"--epochs-per-round must be between 1 and {MAX_EPOCHS_PER_ROUND}, got {options.epochs_per_round}",
+                        hint="e.g. --epochs-per-round 1")
+    check_device(options.device)
     if not options.aggregator_address or any(c.isspace() for c in options.aggregator_address):
         raise CofeError(f"aggregator address {options.aggregator_address!r} is not a host name or IP",
                         hint="give the DNS name or IP collaborators dial, e.g. --aggregator-address fl.hospital.org")

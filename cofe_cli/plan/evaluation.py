@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, file_sha384
 from cofe_cli.fsutil import staged_dir
 from cofe_cli.plan.builder import dump_yaml, plan_hash
-from cofe_cli.plan.data import VALID_CSV, check_data_folder, evaluation_only_data, problem_type_of
+from cofe_cli.plan.data import VALID_CSV, check_data_folder, evaluation_only_data, expectations_of
 from cofe_cli.plan.workspaces import GANDLF_FILE, INIT_MODEL, PLAN_FILE, CollaboratorData, build_federation, \
     collaborator_data_folder
 
@@ -89,8 +89,7 @@ def build_evaluation(layout: FederationLayout, manifest: Manifest, sites: list[t
     from cofe_cli.pki.workspace_certs import collaborator_cert_paths, participant_cert_paths
 
     gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) or {}
-    problem_type = problem_type_of(gandlf_config)
-    channels = (gandlf_config.get("model") or {}).get("num_channels")
+    expected = expectations_of(gandlf_config)
     plan_yaml = dump_yaml(evaluation_plan(yaml.safe_load((layout.plans / PLAN_FILE).read_text())))
     evaluation = evaluation_layout(layout)
     new_sites = [name for name, _ in sites if name not in manifest.collaborators]
@@ -100,19 +99,19 @@ def build_evaluation(layout: FederationLayout, manifest: Manifest, sites: list[t
     eval_manifest = Manifest(
         name=f"{manifest.name}-evaluation", collaborators=tuple(name for name, _ in sites), rounds=1,
         aggregator_address=manifest.aggregator_address, aggregator_port=manifest.aggregator_port,
-        algorithm=manifest.algorithm, plan_sha384=plan_hash(plan_yaml), versions=manifest.versions)
+        algorithm=manifest.algorithm, plan_sha384=plan_hash(plan_yaml), versions=manifest.versions,
+        init_model_sha384=file_sha384(model_pbuf))  # the evaluated model is this federation's initial one
     chosen: list[EvaluationSite] = []
     with staged_dir(evaluation.root) as stage_root:
         stage = FederationLayout(stage_root)
         entries = []
         for name, data in sites:
             if data is not None and data.is_file():
-                summary = evaluation_only_data(data, stage.workspace(name) / "data", problem_type=problem_type,
-                                               channels=channels)
+                summary = evaluation_only_data(data, stage.workspace(name) / "data", **expected)
                 folder = evaluation.workspace(name) / "data"
             else:
                 folder = data or collaborator_data_folder(layout, name)
-                summary = check_data_folder(folder, problem_type=problem_type, channels=channels)
+                summary = check_data_folder(folder, **expected)
             entries.append(CollaboratorData(name, folder))
             chosen.append(EvaluationSite(name, folder, summary.valid_subjects, name in manifest.collaborators))
         build_federation(stage, plan_yaml, gandlf_config, eval_manifest, entries)

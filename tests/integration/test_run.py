@@ -51,8 +51,14 @@ def test_failing_collaborator_stops_everyone(tmp_path, site_data, fast_config):
     import shutil
 
     shutil.copytree(site_data["site_b"], broken)
+    import nibabel as nib
+    import numpy as np
+
     for image in broken.glob("*/image.nii.gz"):
-        image.write_bytes(b"not a NIfTI file")  # present (passes the CSV check) but unreadable
+        # Passes cofe's checks (a real image, the label's size) but lies in another space than its label
+        # (2 mm voxels, the label's 1 mm): torchio's patch sampler refuses it in the middle of training.
+        volume = nib.load(image)
+        nib.save(nib.Nifti1Image(np.asanyarray(volume.dataobj), np.diag([2.0, 2.0, 2.0, 1.0])), image)
     result = cofe("run", "--dir", fed, "--gandlf-config", fast_config, "--collaborator", f"site_a={site_data['site_a']}",
                   "--collaborator", f"site_b={broken}", "--rounds", 2, "--port", free_port(), "--timeout", 600)
     assert result.returncode == 1, result.stdout + result.stderr

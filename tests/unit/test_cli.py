@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 import yaml
+from volumes import write_volume
 
 import cofe_cli
 from cofe_cli.federation import Manifest
@@ -42,11 +45,12 @@ class Result:
         return [line for line in self.stderr.splitlines() if line.startswith("hint:")]
 
 
-def cofe(*args: str, cwd: Path) -> Result:
-    """Run `python -m cofe_cli ARGS`; `-X importtime` reports every module the process imports on stderr."""
+def cofe(*args: str, cwd: Path, prefix: Sequence[str] = ()) -> Result:
+    """Run `python -m cofe_cli ARGS` (after `prefix`, a command that runs the rest); `-X importtime` reports
+    every module the process imports on stderr."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "cofe_cli", *args], cwd=cwd, env=env,
+    done = subprocess.run([*prefix, sys.executable, "-X", "importtime", "-m", "cofe_cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     seconds = time.monotonic() - started
     imported, other = set(), []
@@ -73,11 +77,11 @@ def assert_refused(result: Result, message: str) -> None:
 # ---------------------------------------------------------------- inputs
 
 
-def write_config(path: Path, **model_changes) -> Path:
+def write_config(path: Path, patch_size=(16, 16, 16), **model_changes) -> Path:
     config = {
         "model": {"architecture": "resunet", "dimension": 3, "final_layer": "sigmoid", "class_list": [0, 1],
                   "num_channels": 1, "base_filters": 4, **model_changes},
-        "patch_size": [16, 16, 16],
+        "patch_size": list(patch_size),
         "loss_function": "dc",
         "metrics": ["dice"],
     }
@@ -86,14 +90,13 @@ def write_config(path: Path, **model_changes) -> Path:
 
 
 def write_site(folder: Path, header=("SubjectID", "Channel_0", "Label"), missing_file: bool = False) -> Path:
-    """A segmentation site: train.csv and valid.csv whose files exist (contents are never read)."""
+    """A segmentation site: train.csv and valid.csv listing tiny real volumes."""
     for name, subjects in (("train.csv", ["s1", "s2"]), ("valid.csv", ["s3"])):
         rows = []
         for subject in subjects:
             image, label = folder / f"{subject}_t1.nii.gz", folder / f"{subject}_seg.nii.gz"
             for path in (image, label):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(b"x")
+                write_volume(path)
             rows.append({"SubjectID": subject, "Channel_0": str(image), "Label": str(label)})
         if missing_file:
             rows[-1]["Channel_0"] = str(folder / "gone.nii.gz")
@@ -122,11 +125,12 @@ def bogus_architecture(tmp: Path) -> Path:
     return path
 
 
-def init_args(config: Callable[[Path], Path] | None, *collaborators: Callable[[Path], str] | str, extra=()):
+def init_args(config: Callable[[Path], Path] | None, *collaborators: Callable[[Path], str] | str, extra=(),
+              fed: Callable[[Path], Path] = lambda tmp: tmp / "fed"):
     """Builds `cofe init` arguments in the test's tmp folder once it exists."""
     def build(tmp: Path) -> list[str]:
         config_path = config(tmp) if config else write_config(tmp / "config.yaml")
-        args = ["init", "--gandlf-config", str(config_path), "--dir", str(tmp / "fed"), *extra]
+        args = ["init", "--gandlf-config", str(config_path), "--dir", str(fed(tmp)), *extra]
         for collaborator in collaborators or ("hospital_a",):
             args += ["--collaborator", collaborator(tmp) if callable(collaborator) else collaborator]
         return args
@@ -140,6 +144,24 @@ def site(**kwargs) -> Callable[[Path], str]:
 def empty_folder(tmp: Path) -> str:
     (tmp / "empty").mkdir()
     return f"hospital_a={tmp / 'empty'}"
+
+
+def a_file(tmp: Path) -> Path:
+    path = tmp / "a-file"
+    path.write_text("not a folder\n")
+    return path
+
+
+def latin1_csv(tmp: Path) -> Path:
+    folder = write_site(tmp / "site")
+    (folder / "valid.csv").write_bytes("SubjectID,Channel_0,Label\ns\xe9,a.nii.gz,b.nii.gz\n".encode("latin-1"))
+    return folder
+
+
+def text_as_image_site(tmp: Path) -> Path:
+    folder = write_site(tmp / "site")
+    (folder / "s1_t1.nii.gz").write_text("this is no image\n")
+    return folder
 
 
 def plain(*args: str) -> Callable[[Path], list[str]]:
@@ -161,8 +183,23 @@ BAD_INPUT = [
     ("csv-missing-column", init_args(None, site(header=("SubjectID", "Channel_0"))), "lacks column(s) Label"),
     ("csv-lists-missing-file", init_args(None, site(missing_file=True)), "Channel_0 file does not exist"),
     ("port-out-of-range", init_args(None, extra=("--port", "70000")), "port 70000 is out of range"),
-    ("zero-rounds", init_args(None, extra=("--rounds", "0")), "--rounds must be at least 1"),
+    ("zero-rounds", init_args(None, extra=("--rounds", "0")), "--rounds must be between 1 and 10000, got 0"),
     ("unknown-algorithm", init_args(None, extra=("--algorithm", "fedsgd")), "unknown aggregation algorithm"),
+    ("absurd-rounds", init_args(None, extra=("--rounds", "1000000000")), "--rounds must be between 1 and 10000, got 1000000000"),
+    ("zero-epochs", init_args(None, extra=("--epochs-per-round", "0")), "--epochs-per-round must be between 1 and 1000"),
+    ("negative-mu", init_args(None, extra=("--algorithm", "fedprox", "--proximal-mu", "-1")), "--proximal-mu must be a number 0 or more"),
+    ("valid-fraction-1.5", init_args(None, extra=("--valid-fraction", "1.5")), "--valid-fraction must be between 0 and 1"),
+    ("device-tpu", init_args(None, extra=("--device", "tpu")), "--device 'tpu' is not a device torch can train on"),
+    ("dir-is-a-file", init_args(None, fed=a_file), "it is a file, not a folder"),
+    ("dir-under-a-file", init_args(None, fed=lambda tmp: a_file(tmp) / "fed"), "a part of its path is a file, not a folder"),
+    ("csv-not-utf8", init_args(None, lambda tmp: f"hospital_a={latin1_csv(tmp)}"), "not UTF-8 text (byte 0xe9"),
+    ("image-is-text", init_args(None, lambda tmp: f"hospital_a={text_as_image_site(tmp)}"),
+     "Channel_0 is not an image file that can be read"),
+    ("patch-larger-than-volumes", init_args(lambda tmp: write_config(tmp / "config.yaml", patch_size=[64, 64, 64]), site()),
+     "patch_size [64, 64, 64] is larger than 3 of the 3 volume(s)"),
+    ("start-collaborator-device-tpu", plain("start", "collaborator", "hospital_a", "--dir", "{tmp}", "--device", "tpu"),
+     "--device 'tpu' is not a device torch can train on"),
+    ("run-negative-timeout", plain("run", "--dir", "{tmp}", "--timeout", "-5"), "--timeout must be a positive number of seconds"),
     ("run-without-federation", plain("run", "--dir", "{tmp}"), "no federation in"),
     ("run-config-without-collaborators", plain("run", "--dir", "{tmp}", "--gandlf-config", "{tmp}/c.yaml"),
      "--gandlf-config and --collaborator go together"),
@@ -177,7 +214,7 @@ BAD_INPUT = [
 def test_bad_input_is_refused_cleanly(tmp_path: Path, build, message: str) -> None:
     result = cofe(*build(tmp_path), cwd=tmp_path)
     assert_refused(result, message)
-    assert not (tmp_path / "fed").exists() or not any((tmp_path / "fed").iterdir()), "a refused init writes nothing"
+    assert not (tmp_path / "fed").exists(), "a refused init leaves nothing behind, not even an empty --dir"
 
 
 # ---------------------------------------------------------------- nothing damaged
@@ -222,6 +259,117 @@ def test_failing_init_damages_nothing(tmp_path: Path, existing_federation: Path,
     assert_refused(result, message)
     assert tree(existing_federation) == before
     assert not list(existing_federation.glob(".cofe-init-*")), "staging folders must not be left behind"
+
+
+# ---------------------------------------------------------------- a --dir that cannot be written
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"),
+                                reason="mounting a file system and switching users need root")
+# Runs the rest of the command line with a read-only tmpfs mounted on $0, in a mount namespace of its own.
+READ_ONLY_MOUNT = 'mount -t tmpfs -o size=64k,ro tmpfs "$0" || exit 99; exec "$@"'
+
+
+@needs_root
+def test_init_on_a_read_only_file_system_is_one_line(tmp_path: Path) -> None:
+    """It used to end in an OSError traceback ([Errno 30] Read-only file system)."""
+    config = write_config(tmp_path / "config.yaml")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    for fed in (read_only, read_only / "fed"):
+        result = cofe("init", "-c", config, "-C", "hospital_a", "--dir", fed, cwd=tmp_path,
+                      prefix=["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_MOUNT, str(read_only)])
+        assert result.returncode != 99, result.stderr
+        assert_refused(result, f"cannot write --dir {fed}: it is on a read-only file system")
+        assert "writable file system" in result.hint_lines[0]
+
+
+@needs_root
+def test_init_where_the_user_may_not_write_is_one_line() -> None:
+    """As an unprivileged user (root may write anywhere): permission denied, nothing left behind."""
+    shared = Path(tempfile.mkdtemp(prefix="cofe-eacces-"))
+    try:
+        shared.chmod(0o755)
+        config = write_config(shared / "config.yaml")
+        config.chmod(0o644)
+        fed = shared / "not-mine" / "fed"
+        result = cofe("init", "-c", config, "-C", "hospital_a", "--dir", fed, cwd=shared,
+                      prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        assert_refused(result, f"cannot write --dir {fed}: permission denied")
+        assert sorted(p.name for p in shared.iterdir()) == ["config.yaml"]
+    finally:
+        shutil.rmtree(shared)
+
+
+@needs_root
+def test_any_command_meeting_a_read_only_folder_says_so_in_one_line(tmp_path: Path) -> None:
+    """`cofe certify` on a federation that is read-only used to end in an OSError traceback (and any other
+    command that writes would): the CLI's last line of defence turns it into one error line."""
+    from cofe_cli.plan.workspaces import CollaboratorData
+    from unit_federation import gandlf_config, write_federation
+
+    fed = tmp_path / "fed"
+    write_federation(fed, config=gandlf_config(), address="localhost", collaborators=[CollaboratorData("hospital_a", None)])
+    read_only_bind = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" || exit 99; exec "$@"'
+    result = cofe("certify", "--dir", fed, cwd=tmp_path,
+                  prefix=["unshare", "--mount", "--propagation", "private", "sh", "-c", read_only_bind, str(fed)])
+    assert result.returncode != 99, result.stderr
+    assert_refused(result, f"{fed / 'ca'}: it is on a read-only file system")
+
+
+# ---------------------------------------------------------------- cofe demo never writes over what is not a demo
+
+
+def test_demo_refuses_a_federation_that_is_not_a_demo_even_with_force(tmp_path: Path, existing_federation: Path) -> None:
+    """It used to say "already holds a demo federation", suggest --force (which wiped the federation) and
+    print a literal {root}."""
+    before = tree(existing_federation)
+    for force in ([], ["--force"]):
+        result = cofe("demo", "--dir", str(existing_federation), *force, cwd=tmp_path)
+        assert_refused(result, f"{existing_federation} holds the federation existing (1 collaborator(s): hospital_a), "
+                               "not a cofe demo")
+        assert "{" not in result.stderr and "--dir cofe-demo" in result.hint_lines[0]
+        assert "pass --force" not in result.stderr
+    assert tree(existing_federation) == before
+
+
+def test_demo_on_an_earlier_demo_suggests_force_with_the_real_path(tmp_path: Path) -> None:
+    from cofe_cli.plan.workspaces import CollaboratorData
+    from unit_federation import gandlf_config, write_federation
+
+    root = tmp_path / "cofe-demo"
+    write_federation(root, config=gandlf_config(), address="localhost", name="cofe-demo",
+                     collaborators=[CollaboratorData("hospital_a", root / "data" / "hospital_a")])
+    result = cofe("demo", "--dir", str(root), cwd=tmp_path)
+    assert_refused(result, f"{root} already holds a demo federation")
+    assert f"`cofe run --dir {root} --restart`" in result.hint_lines[0] and "{root}" not in result.stderr
+
+
+def a_users_folder(tmp: Path) -> Path:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.tex").write_text("years of work\n")
+    return tmp / "mine"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (a_file, "is a file, not a folder"),
+    (a_users_folder, "holds files that are not a cofe demo's (thesis.tex)"),
+], ids=["a-file", "a-users-folder"])
+def test_demo_writes_only_into_a_new_or_empty_folder(tmp_path: Path, make, message: str) -> None:
+    folder = make(tmp_path)
+    before = tree(tmp_path)
+    assert_refused(cofe("demo", "--dir", str(folder), cwd=tmp_path), message)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0"),
+    (["--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
+    (["--rounds", "1000000000"], "--rounds must be between 1 and 10000"),
+    (["--image", "cofe:old"], "--image goes with --containers"),
+], ids=["timeout-0", "timeout-nan", "rounds-absurd", "image-without-containers"])
+def test_demo_checks_its_options_before_generating_data(tmp_path: Path, args: list[str], message: str) -> None:
+    assert_refused(cofe("demo", "--dir", str(tmp_path / "demo"), *args, cwd=tmp_path), message)
+    assert not (tmp_path / "demo").exists()
 
 
 # ---------------------------------------------------------------- known bugs (see the report)

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from volumes import write_volume
 
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import check_collaborator_name
@@ -16,10 +17,7 @@ REGRESSION_HEADER = ["SubjectID", "Channel_0", "ValueToPredict"]
 
 
 def touch(path: Path) -> Path:
-    """Only existence is checked, so any bytes make an 'image'."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"not really NIfTI")
-    return path
+    return write_volume(path)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
@@ -160,6 +158,73 @@ def test_an_empty_cell_is_refused(segmentation_folder: Path) -> None:
         check_data_folder, segmentation_folder, problem_type="segmentation").message
 
 
+def test_a_csv_that_is_not_utf8_names_the_file_and_line(segmentation_folder: Path) -> None:
+    """It used to end in a UnicodeDecodeError traceback."""
+    csv_path = segmentation_folder / "train.csv"
+    csv_path.write_bytes(csv_path.read_bytes() + "s9,caf\xe9.nii.gz,b.nii.gz,c.nii.gz\n".encode("latin-1"))
+    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    assert error.message.startswith(f"{csv_path}:5: not UTF-8 text (byte 0xe9 at offset ")
+    assert "UTF-8" in error.hint
+
+
+@pytest.mark.parametrize("content", [b"plain text, not an image\n", b"", b"\x1f\x8b\x08\x00garbage"],
+                         ids=["text", "empty", "broken-gzip"])
+def test_a_listed_file_that_is_no_image_is_refused(segmentation_folder: Path, content: bytes) -> None:
+    (segmentation_folder / "images" / "s4" / "t2.nii.gz").write_bytes(content)
+    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    assert error.message == (f"{segmentation_folder / 'valid.csv'}:2: Channel_1 is not an image file that can be read: "
+                             f"{segmentation_folder / 'images' / 's4' / 't2.nii.gz'}")
+
+
+def test_a_system_file_listed_as_image_is_refused(segmentation_folder: Path) -> None:
+    write_csv(segmentation_folder / "valid.csv", SEGMENTATION_HEADER,
+              [["s4", "/etc/passwd", str(touch(segmentation_folder / "t2.nii.gz")), str(touch(segmentation_folder / "l.nii.gz"))]])
+    assert "Channel_0 is not an image file that can be read: /etc/passwd" in refused(
+        check_data_folder, segmentation_folder, problem_type="segmentation").message
+
+
+def test_a_label_of_another_size_than_its_image_is_refused(segmentation_folder: Path) -> None:
+    write_volume(segmentation_folder / "images" / "s2" / "seg.nii.gz", (16, 16, 15))
+    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    assert error.message == (f"{segmentation_folder / 'train.csv'}:3: Label is 16x16x15 voxels but Channel_0 is "
+                             "16x16x16 (subject s2)")
+
+
+def test_the_summary_has_the_smallest_volume(segmentation_folder: Path) -> None:
+    for name in ("t1", "t2", "seg"):
+        write_volume(segmentation_folder / "images" / "s5" / f"{name}.nii.gz", (20, 12, 18))
+    assert check_data_folder(segmentation_folder, problem_type="segmentation").smallest_volume == (16, 12, 16)
+
+
+def test_a_patch_larger_than_volumes_is_refused_without_padding(segmentation_folder: Path) -> None:
+    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", patch_size=(32, 16, 8))
+    assert error.message == (f"patch_size [32, 16, 8] is larger than 5 of the 5 volume(s) in {segmentation_folder} "
+                             "(down to 16x16x16 voxels): GaNDLF's patch sampler fails on them")
+    assert "at most [16, 16, 8]" in error.hint and "enable_padding: true" in error.hint
+
+
+def test_a_patch_larger_than_volumes_is_a_note_with_padding(segmentation_folder: Path) -> None:
+    summary = check_data_folder(segmentation_folder, problem_type="segmentation", patch_size=(32, 32, 32), padding=True)
+    assert summary.notes == (f"patch_size [32, 32, 32] is larger than 5 of the 5 volume(s) in {segmentation_folder} "
+                             "(down to 16x16x16 voxels); GaNDLF pads them (enable_padding), so those patches are mostly padding",)
+    assert check_data_folder(segmentation_folder, problem_type="segmentation", patch_size=(16, 16, 16)).notes == ()
+
+
+def test_a_2d_patch_is_compared_with_2d_images(tmp_path: Path) -> None:
+    folder = tmp_path / "site"
+    rows = [[s, str(write_volume(folder / f"{s}.nii.gz", (64, 48))), str(write_volume(folder / f"{s}_l.nii.gz", (64, 48)))]
+            for s in ("a", "b")]
+    write_csv(folder / "train.csv", ["SubjectID", "Channel_0", "Label"], rows[:1])
+    write_csv(folder / "valid.csv", ["SubjectID", "Channel_0", "Label"], rows[1:])
+    assert check_data_folder(folder, problem_type="segmentation", patch_size=(48, 48, 1)).smallest_volume == (64, 48)
+    assert "at most [64, 48, 1]" in refused(check_data_folder, folder, problem_type="segmentation", patch_size=(64, 64, 1)).hint
+
+
+def test_a_split_csv_checks_the_patch_before_writing(one_csv: Path, tmp_path: Path) -> None:
+    refused(split_csv, one_csv, tmp_path / "out", problem_type="segmentation", patch_size=(64, 64, 64))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_row_with_too_many_fields_is_a_cofe_error(segmentation_folder: Path) -> None:
     rows = segmentation_rows(segmentation_folder, ["s1"])
     write_csv(segmentation_folder / "train.csv", SEGMENTATION_HEADER, [rows[0] + ["extra"]])
@@ -263,8 +328,8 @@ def test_problem_type_of(config: dict, expected: str | None) -> None:
 
 
 def test_undecided_problem_type_takes_label_or_value_from_the_csv(tmp_path: Path) -> None:
-    (tmp_path / "img.nii.gz").write_bytes(b"x")
-    (tmp_path / "lab.nii.gz").write_bytes(b"x")
+    touch(tmp_path / "img.nii.gz")
+    touch(tmp_path / "lab.nii.gz")
     labelled = write_csv(tmp_path / "seg.csv", ["SubjectID", "Channel_0", "Label"], [["a", "img.nii.gz", "lab.nii.gz"]])
     valued = write_csv(tmp_path / "cls.csv", ["SubjectID", "Channel_0", "ValueToPredict"], [["a", "img.nii.gz", "1"]])
     neither = write_csv(tmp_path / "none.csv", ["SubjectID", "Channel_0"], [["a", "img.nii.gz"]])

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from cli_assertions import refused
 from unit_federation import gandlf_config, write_federation
+from volumes import write_volume
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -194,9 +195,9 @@ def _data_folder(root: Path, *, rows: int = 2, missing_file: bool = False) -> Pa
         lines = ["SubjectID,Channel_0,Label"]
         for i in range(rows):
             image, label = root / f"{name}-{i}-img.nii.gz", root / f"{name}-{i}-lbl.nii.gz"
-            image.touch()
+            write_volume(image)
             if not missing_file:
-                label.touch()
+                write_volume(label)
             lines.append(f"{i},{image.name},{label.name}")
         (root / name).write_text("\n".join(lines) + "\n")
     return root
@@ -212,6 +213,29 @@ def test_data_check(tmp_path):
     assert channels.status == doctor.FAIL and "channel" in channels.detail
     none = doctor.check_data(None, GANDLF_CONFIG, participant="hospital_a")
     assert none.status == doctor.FAIL and "--data" in none.fix
+
+
+def test_data_check_reads_every_image_header(tmp_path):
+    """A text file named .nii.gz, and /etc/passwd, used to PASS: only their existence was checked."""
+    folder = _data_folder(tmp_path / "site")
+    (folder / "train.csv-0-img.nii.gz").write_text("not an image\n")
+    text = doctor.check_data(folder, GANDLF_CONFIG, participant="hospital_a")
+    assert text.status == doctor.FAIL and "Channel_0 is not an image file that can be read: train.csv-0-img.nii.gz" in text.detail
+    (folder / "train.csv").write_text(f"SubjectID,Channel_0,Label\n0,/etc/passwd,{folder / 'train.csv-0-lbl.nii.gz'}\n")
+    passwd = doctor.check_data(folder, GANDLF_CONFIG, participant="hospital_a")
+    assert passwd.status == doctor.FAIL and "is not an image file that can be read: /etc/passwd" in passwd.detail
+
+
+def test_data_check_refuses_a_label_of_another_size_and_a_patch_larger_than_the_volumes(tmp_path):
+    folder = _data_folder(tmp_path / "site")
+    write_volume(folder / "valid.csv-1-lbl.nii.gz", (16, 16, 12))
+    mismatch = doctor.check_data(folder, GANDLF_CONFIG, participant="hospital_a")
+    assert mismatch.status == doctor.FAIL and "Label is 16x16x12 voxels but Channel_0 is 16x16x16" in mismatch.detail
+    write_volume(folder / "valid.csv-1-lbl.nii.gz")
+    large_patch = {**GANDLF_CONFIG, "patch_size": [32, 32, 32]}
+    patch = doctor.check_data(folder, large_patch, participant="hospital_a")
+    assert patch.status == doctor.FAIL and "patch_size [32, 32, 32] is larger than 4 of the 4 volume(s)" in patch.detail
+    assert "at most [16, 16, 16]" in patch.fix
 
 
 # ---------------------------------------------------------------- address, port

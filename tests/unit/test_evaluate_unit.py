@@ -55,7 +55,7 @@ def test_bad_models_and_sites(fed, tmp_path):
     refused(cofe("--dir", fed, "--collaborator", "site_a", "--collaborator", "site_a"), "given twice")
     refused(cofe("--dir", fed, "--collaborator", "site_c="), "empty data path")
     refused(cofe("--dir", fed, "--collaborator", "Site_C=/x"), "not a safe name")
-    refused(cofe("--dir", fed, "--timeout", "0"), "--timeout must be positive")
+    refused(cofe("--dir", fed, "--timeout", "0"), "--timeout must be a positive number of seconds")
     assert not (fed / "evaluation").exists()
 
 

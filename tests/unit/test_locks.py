@@ -141,5 +141,5 @@ def test_one_process_takes_its_own_locks_again(fed: Path, holders) -> None:
 @pytest.mark.parametrize("timeout", ["-5", "0"])
 def test_run_refuses_a_timeout_that_is_not_positive(fed: Path, timeout: str) -> None:
     result = run_cofe("run", "--dir", fed, "--timeout", timeout, cwd=fed.parent)
-    refused(result, f"--timeout must be more than 0 seconds, got {timeout}")
+    refused(result, f"--timeout must be a positive number of seconds, got {timeout}")
     assert not (fed / "workspaces" / AGGREGATOR / "logs" / f"{AGGREGATOR}.log").exists(), "nothing was started"

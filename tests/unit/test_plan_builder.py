@@ -184,17 +184,27 @@ def test_plan_yaml_has_no_anchors_or_aliases() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"rounds": 0}, "--rounds must be at least 1"),
-        ({"rounds": -2}, "--rounds must be at least 1"),
+        ({"rounds": 0}, "--rounds must be between 1 and 10000, got 0"),
+        ({"rounds": -2}, "--rounds must be between 1 and 10000"),
+        ({"rounds": 1_000_000_000}, "--rounds must be between 1 and 10000, got 1000000000"),
         ({"aggregator_port": 70000}, "port 70000 is out of range"),
         ({"aggregator_port": 0}, "port 0 is out of range"),
         ({"algorithm": "fedsgd"}, "unknown aggregation algorithm 'fedsgd'"),
-        ({"epochs_per_round": 0}, "--epochs-per-round must be at least 1"),
+        ({"epochs_per_round": 0}, "--epochs-per-round must be between 1 and 1000"),
+        ({"epochs_per_round": -1}, "--epochs-per-round must be between 1 and 1000"),
+        ({"epochs_per_round": 1_000_000}, "--epochs-per-round must be between 1 and 1000"),
+        ({"algorithm": "fedprox", "proximal_mu": -0.5}, "--proximal-mu must be a number 0 or more"),
+        ({"algorithm": "fedprox", "proximal_mu": float("nan")}, "--proximal-mu must be a number 0 or more"),
         ({"aggregator_address": "fl example.org"}, "is not a host name or IP"),
         ({"aggregator_address": ""}, "is not a host name or IP"),
+        ({"device": "tpu"}, "--device 'tpu' is not a device torch can train on"),
+        ({"device": "cuda:"}, "is not a device torch can train on"),
+        ({"device": "CUDA"}, "is not a device torch can train on"),
+        ({"device": "cuda:0 "}, "is not a device torch can train on"),
     ],
-    ids=["rounds-0", "rounds-negative", "port-70000", "port-0", "unknown-algorithm", "epochs-0", "address-space",
-         "address-empty"],
+    ids=["rounds-0", "rounds-negative", "rounds-absurd", "port-70000", "port-0", "unknown-algorithm", "epochs-0",
+         "epochs-negative", "epochs-absurd", "mu-negative", "mu-nan", "address-space", "address-empty", "device-tpu",
+         "device-cuda-colon", "device-uppercase", "device-trailing-space"],
 )
 def test_bad_plan_options_are_refused_with_a_hint(changes: dict, message: str) -> None:
     with pytest.raises(CofeError, match=message) as refused:
@@ -202,6 +212,11 @@ def test_bad_plan_options_are_refused_with_a_hint(changes: dict, message: str) -
     assert refused.value.hint
     with pytest.raises(CofeError, match=message):
         check_plan_options(options(**changes))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:3"])
+def test_devices_torch_trains_on_go_into_the_plan(device: str) -> None:
+    assert build_plan(minimal_config(), options(device=device))["task_runner"]["settings"]["device"] == device
 
 
 def test_unknown_algorithm_hint_lists_the_known_ones() -> None:

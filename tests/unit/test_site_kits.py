@@ -24,6 +24,7 @@ import pytest
 import yaml
 from cli_assertions import ok, refused
 from unit_federation import gandlf_config, write_federation
+from volumes import write_volume
 
 from cofe_cli.federation import AGGREGATOR, FederationLayout, federation_fingerprint
 from cofe_cli.pki import CertificateAuthority
@@ -59,17 +60,14 @@ def make_federation(root: Path, address: str = ADDRESS) -> FederationLayout:
 
 
 def write_data(folder: Path, channels: int = 2) -> Path:
-    """A segmentation site with `channels` image columns; the files exist (their contents are never read)."""
+    """A segmentation site with `channels` image columns, each a real (tiny) volume."""
     header = ["SubjectID", *(f"Channel_{i}" for i in range(channels)), "Label"]
     for name, subjects in (("train.csv", ["s1", "s2"]), ("valid.csv", ["s3"])):
         rows = []
         for subject in subjects:
             row = [subject]
             for column in header[1:]:
-                path = folder / f"{subject}_{column}.nii.gz"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(b"x")
-                row.append(str(path))
+                row.append(str(write_volume(folder / f"{subject}_{column}.nii.gz")))
             rows.append(row)
         with open(folder / name, "w", newline="") as handle:
             csv.writer(handle).writerows([header, *rows])
