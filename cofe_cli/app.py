@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -14,6 +15,8 @@ from cofe_cli.commands import slurm_jobs
 from cofe_cli.commands import evaluate, export_model, infer
 from cofe_cli.console import err_console, print_error
 from cofe_cli.errors import CofeError, FederationFailed, os_failure
+
+DEBUG_ENV = "COFE_DEBUG"
 
 app = typer.Typer(
     name="cofe",
@@ -60,6 +63,14 @@ def main(argv: list[str] | None = None) -> None:
             app(args=argv, prog_name="cofe")
         except OSError as error:  # e.g. a read-only or full disk where a command writes: one line, not a traceback
             raise os_failure(error) from None
+        except CofeError:
+            raise
+        except Exception as error:  # a defect of cofe's, never the user's input: still one line, not a traceback
+            if os.environ.get(DEBUG_ENV):
+                raise
+            reason = str(error).splitlines()[0][:200] if str(error) else ""
+            raise CofeError(f"cofe failed unexpectedly ({type(error).__name__}{': ' + reason if reason else ''})",
+                            hint=f"this is a defect in cofe: run again with {DEBUG_ENV}=1 for the traceback and report it") from None
     except CofeError as error:
         if isinstance(error, FederationFailed) and error.log_tail:
             err_console.rule(f"last log lines of {error.participant}")

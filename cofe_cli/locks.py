@@ -93,12 +93,21 @@ def _refusal(what: str, fd: int) -> CofeError:
                      hint="wait until it ends or stop it: two cofe commands must not write to one federation at once")
 
 
-def _open(path: Path) -> int:
+def _open(path: Path) -> int | None:
+    """A descriptor of the lock file, or None where no lock can be had nor is needed (a read-only file
+    system: no command can write there, and the command's own write reports that more usefully)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except PermissionError:
         pass
+    except OSError as error:
+        if error.errno != errno.EROFS:
+            raise
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
     try:
         # Made by another user (root beside a container's user): a read-only descriptor locks as well.
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -115,9 +124,12 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _take(path: Path, what: str) -> int | None:
-    """A descriptor of `path` holding its lock; None when this process holds it already."""
+    """A descriptor of `path` holding its lock; None when this process holds it already, or on a read-only
+    file system where nothing can be written to guard."""
     while True:
         fd = _open(path)
+        if fd is None:
+            return None
         if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) in _held:
             os.close(fd)
             return None

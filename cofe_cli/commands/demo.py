@@ -15,7 +15,8 @@ from cofe_cli.plan.builder import check_rounds, dump_yaml
 from cofe_cli.plan.workspaces import collaborator_data_folder
 
 from cofe_cli.commands.init import InitRequest, initialise, report_initialised
-from cofe_cli.commands.run import ContainerOptions, check_timeout, prepare, run_federation
+from cofe_cli.commands.run import prepare, run_federation
+from cofe_cli.launch.factory import ContainerOptions, check_timeout
 
 DEMO_SITES = ("hospital_a", "hospital_b", "hospital_c")
 DEMO_NAME = "cofe-demo"

@@ -7,11 +7,15 @@ import time
 from pathlib import Path
 
 import typer
+import yaml
 
+from cofe_cli.commands import launch_options as options
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout
-from cofe_cli.commands.run import check_timeout
+from cofe_cli.launch.factory import check_timeout, container_options_of, slurm_options_of
+from cofe_cli.locks import federation_locked
+from cofe_cli.plan.workspaces import GANDLF_FILE
 
 MODELS = {"best": "save/best.pbuf", "final": "save/last.pbuf"}
 
@@ -23,30 +27,42 @@ def evaluate(
         None, "--collaborator", "-C", show_default=False,
         help="NAME (a training site, its own data), or NAME=FOLDER|FILE.csv (other data, or a site that never trained). "
              "Repeat per site; default: every training site whose data is known here."),
-    timeout: float = typer.Option(None, "--timeout", help="Stop if the evaluation is not done after this many seconds."),
+    timeout: float = options.TIMEOUT,
+    containers: bool = options.CONTAINERS,
+    image: str = options.IMAGE,
+    slurm: bool = options.SLURM,
+    partition: str = options.PARTITION,
+    account: str = options.ACCOUNT,
+    time_limit: str = options.TIME_LIMIT,
+    mem_per_site: str = options.MEM_PER_SITE,
+    cpus_per_site: int = options.CPUS_PER_SITE,
+    sbatch_arg: list[str] = options.SBATCH_ARG,
 ) -> None:
     """Federated evaluation: each site validates the model on its data over gRPC with mutual TLS; a table, the weighted mean, results/evaluation.csv."""
     from cofe_cli.plan.evaluation import build_evaluation, parse_sites
 
     check_timeout(timeout)
+    container_options = container_options_of(containers, image=image, gpus=None)
+    slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
+                                     mem_per_site=mem_per_site, cpus_per_site=cpus_per_site, sbatch_args=tuple(sbatch_arg or ()))
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     source = _model_file(layout, model)
-    import yaml
-
-    from cofe_cli.plan.workspaces import GANDLF_FILE
-
     sites = parse_sites(layout, manifest, collaborator, yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) or {})
-    with tempfile.TemporaryDirectory(prefix=".cofe-evaluate-", dir=layout.root) as scratch:
-        evaluated = Path(scratch) / "model.pbuf"
-        with console.status(f"Checking the {model} model against the plan (first use imports torch)..."):
-            from cofe_cli.engine.participant import quiet, write_evaluated_model
+    # The trained federation stays as it is, but nothing may train in it (or use its port) meanwhile; the
+    # evaluation's own participants are launched under its lock, as `cofe run` launches a federation's.
+    with federation_locked(layout):
+        with tempfile.TemporaryDirectory(prefix=".cofe-evaluate-", dir=layout.root) as scratch:
+            evaluated = Path(scratch) / "model.pbuf"
+            with console.status(f"Checking the {model} model against the plan (first use imports torch)..."):
+                from cofe_cli.engine.participant import quiet, write_evaluated_model
 
-            with quiet():
-                write_evaluated_model(layout.workspace(AGGREGATOR), source, evaluated)
-        evaluation, eval_manifest, chosen = build_evaluation(layout, manifest, sites, evaluated)
-    _run(layout, evaluation, eval_manifest, chosen, model=model if model in MODELS else str(source),
-         plan_sha384=manifest.plan_sha384, timeout=timeout)
+                with quiet():
+                    write_evaluated_model(layout.workspace(AGGREGATOR), source, evaluated)
+            evaluation, eval_manifest, chosen = build_evaluation(layout, manifest, sites, evaluated)
+        with federation_locked(evaluation):
+            _run(layout, evaluation, eval_manifest, chosen, model=model if model in MODELS else str(source),
+                 plan_sha384=manifest.plan_sha384, timeout=timeout, containers=container_options, slurm=slurm_options)
 
 
 def _model_file(layout: FederationLayout, model: str) -> Path:
@@ -62,18 +78,17 @@ def _model_file(layout: FederationLayout, model: str) -> Path:
     return path.resolve()
 
 
-def _run(layout, evaluation, eval_manifest, sites, *, model: str, plan_sha384: str, timeout: float | None) -> None:
-    from cofe_cli.ports import check_port_free
-    from cofe_cli.launch.processes import ProcessFederation
+def _run(layout, evaluation, eval_manifest, sites, *, model: str, plan_sha384: str, timeout: float | None,
+         containers, slurm) -> None:
+    from cofe_cli.launch.factory import make_launcher
     from cofe_cli.launch.report import evaluation_rows, evaluation_table, write_evaluation
     from cofe_cli.launch.supervisor import supervise
 
-    check_port_free(eval_manifest.aggregator_port)
     console.print(f"Evaluating the {model} model at {len(sites)} site(s) ({', '.join(s.name for s in sites)}) in one "
-                  f"evaluation round (gRPC with mutual TLS on {eval_manifest.aggregator_address}:{eval_manifest.aggregator_port})...")
+                  "evaluation round (aggregated_model_validation only: no training, no model update)")
+    launcher = make_launcher(evaluation, eval_manifest, containers=containers, slurm=slurm, say=console.print)
     started = time.monotonic()
-    progress = supervise(ProcessFederation(evaluation, eval_manifest), evaluation, eval_manifest, console=console,
-                         timeout=timeout)
+    progress = supervise(launcher, evaluation, eval_manifest, console=console, timeout=timeout)
     rows = evaluation_rows(progress, sites, model=model, plan_sha384=plan_sha384)
     if not rows:
         raise CofeError("the evaluation round reported no metrics",

@@ -20,7 +20,7 @@ NORMS = ("input", "running")
 
 def infer(
     dir: Path = typer.Option(Path("."), "--dir", "-d", help="Federation directory (after `cofe run`)."),
-    data: Path = typer.Option(..., "--data", help="GaNDLF CSV of the subjects (SubjectID,Channel_0,...[,Label]).", show_default=False),
+    data_csv: Path = typer.Option(..., "--data", help="GaNDLF CSV of the subjects (SubjectID,Channel_0,...[,Label]).", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the predictions (must not exist; --force replaces it).", show_default=False),
     model: str = typer.Option("best", "--model", "-m", help="best, final, or a GaNDLF checkpoint (.pth.tar) of this plan."),
     validation_norm: str = typer.Option(None, "--validation-norm", help="input or running instance-norm statistics (default: the federation's choice)."),
@@ -41,10 +41,10 @@ def infer(
     norm = validation_norm or _federation_norm(layout)
     if norm not in NORMS:
         raise CofeError(f"--validation-norm must be input or running, not {norm!r}", hint="e.g. --validation-norm input")
-    data = data.expanduser()
-    if data.is_dir():
-        raise CofeError(f"--data {data} is a folder", hint=f"give the CSV itself, e.g. --data {data / 'valid.csv'}")
-    check_csv(data, problem_type=problem_type_of(config), channels=(config.get("model") or {}).get("num_channels"))
+    data_csv = data_csv.expanduser()
+    if data_csv.is_dir():
+        raise CofeError(f"--data {data_csv} is a folder", hint=f"give the CSV itself, e.g. --data {data_csv / 'valid.csv'}")
+    check_csv(data_csv, problem_type=problem_type_of(config), channels=(config.get("model") or {}).get("num_channels"))
     out = out.expanduser().resolve()
     if out.exists() and not force:
         raise CofeError(f"{out} already exists", hint="pass --force to replace it, or choose another --out")
@@ -55,7 +55,7 @@ def infer(
             from cofe_cli.engine.participant import quiet
 
             with quiet():
-                metrics = run_inference(checkpoint, config_file, data.resolve(), stage, instance_norm_statistics=norm)
+                metrics = run_inference(checkpoint, config_file, data_csv.resolve(), stage, instance_norm_statistics=norm)
     masks = sorted(out.rglob("*_seg*"))
     console.print(f"[green]Predictions[/] for {len(masks)} subject(s) in {escape(str(out))} "
                   f"({time.monotonic() - started:.0f} s, {norm} instance-norm statistics)")

@@ -143,7 +143,7 @@ PATH_ROLES = {
     "data": "data folder",
     "source": "folder",
     "gandlf_config": "input file", "kit": "input file", "request_file": "input file", "signed_file": "input file",
-    "extra_ca_bundle": "input file",
+    "extra_ca_bundle": "input file", "data_csv": "input file",
     "out": "output file",
 }
 BAD_PATHS: dict[str, dict[str, Maker]] = {
@@ -176,7 +176,8 @@ def write_config(tmp: Path) -> str:
 # Values for the required parameters that are not the one under test: as good as can be had without
 # torch (a valid GaNDLF config; files that are not a kit or a request, which those commands refuse).
 REQUIRED = {"gandlf_config": write_config, "collaborator": text("hospital_a"), "name": text("hospital_a"),
-            "kit": regular_file, "request_file": regular_file, "signed_file": regular_file}
+            "kit": regular_file, "request_file": regular_file, "signed_file": regular_file,
+            "data_csv": regular_file, "out": lambda tmp: str(tmp / "inputs" / "new-folder")}
 
 
 def bad_values(words: tuple[str, ...], command, param) -> dict[str, Maker]:
@@ -283,7 +284,7 @@ def sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_walk_covers_every_command() -> None:
     walked = {" ".join(words) for words, _ in leaf_commands()}
     assert {"init", "run", "demo", "certify", "certify sign", "start collaborator", "image build", "doctor",
-            "export collaborator", "import", "status", "stop"} <= walked
+            "export collaborator", "export model", "import", "status", "stop", "evaluate", "infer"} <= walked
     assert len(cases()) > 200
 
 

@@ -247,7 +247,7 @@ def test_default_validity_is_at_least_three_years(ca, server):
     assert _cert(server.cert_pem).not_valid_after_utc <= ca.signing_cert.not_valid_after_utc
     with pytest.raises(CofeError):
         ca.issue_client_cert("x", validity_days=0)
-    with pytest.raises(CofeError, match="not between 1 and 7300"):  # was an OverflowError from the dates
+    with pytest.raises(CofeError, match="is out of range"):  # was an OverflowError from the dates
         ca.issue_client_cert("x", validity_days=1_000_000_000)
 
 

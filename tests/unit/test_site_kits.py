@@ -467,13 +467,16 @@ BOMB_MIB = 2000
 BOMB_SHA256 = "274fbb979251bcaceab594dd89d5adfec310e8851e320b5b5f90fd5f18d76149"
 _ZEROS_MIB = 8
 # Runs cofe and reports its peak memory and the bytes it wrote (stdout included) on a last stderr line.
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a large
+# pytest process would report the parent's size; VmHWM belongs to the child's own address space.
 _MEASURED = """
-import resource, runpy, sys
+import runpy, sys
 try:
     runpy.run_module("cofe_cli", run_name="__main__", alter_sys=True)
 finally:
     io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-    print(f"measured {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} {io['wchar']}", file=sys.stderr)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    print(f"measured {status['VmHWM'].split()[0]} {io['wchar']}", file=sys.stderr)
 """
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cofe_cli.commands.run import slurm_options_of
+from cofe_cli.launch.factory import slurm_options_of
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
 from cofe_cli.launch import slurm
