@@ -92,8 +92,11 @@ def main() -> None:
                              *(f"--collaborator={s}" for s in (json.loads((fed / 'results' / 'summary.json')
                                                                         .read_text())["collaborators"])),
                              "--collaborator", f"new_site={new_site}")
-        print(f"cofe evaluate (best model, {args.sites} training sites + 1 new): wall {evaluate_wall:.1f} s; "
-              f"training rounds of the same federation: " + ", ".join(f"{r + 1}: {s:.1f} s" for r, s in sorted(rounds.items())))
+        evaluation_round = training_round_seconds(fed / "evaluation")[0]
+        print(f"cofe evaluate (best model, {args.sites} training sites + 1 new): wall {evaluate_wall:.1f} s, of which "
+              f"the evaluation round {evaluation_round:.1f} s (the rest: starting {args.sites + 2} processes that "
+              f"import torch); training rounds of the same federation: "
+              + ", ".join(f"{r + 1}: {s:.1f} s" for r, s in sorted(rounds.items())))
         evaluation = {(r["site"], r["metric"]): float(r["value"]) for r in rows(fed / "results" / "evaluation.csv")}
 
         best = best_round(fed)

@@ -53,12 +53,14 @@ def evaluate(
     # evaluation's own participants are launched under its lock, as `cofe run` launches a federation's.
     with federation_locked(layout):
         with tempfile.TemporaryDirectory(prefix=".cofe-evaluate-", dir=layout.root) as scratch:
-            evaluated = Path(scratch) / "model.pbuf"
-            with console.status(f"Checking the {model} model against the plan (first use imports torch)..."):
-                from cofe_cli.engine.participant import quiet, write_evaluated_model
+            evaluated = source
+            if model not in MODELS:  # best and final are this plan's aggregator's own: nothing to check
+                evaluated = Path(scratch) / "model.pbuf"
+                with console.status(f"Checking {source.name} against the plan (imports torch)..."):
+                    from cofe_cli.engine.participant import quiet, write_evaluated_model
 
-                with quiet():
-                    write_evaluated_model(layout.workspace(AGGREGATOR), source, evaluated)
+                    with quiet():
+                        write_evaluated_model(layout.workspace(AGGREGATOR), source, evaluated)
             evaluation, eval_manifest, chosen = build_evaluation(layout, manifest, sites, evaluated)
         with federation_locked(evaluation):
             _run(layout, evaluation, eval_manifest, chosen, model=model if model in MODELS else str(source),
