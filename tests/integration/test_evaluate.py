@@ -61,6 +61,15 @@ def test_best_model_at_three_training_sites_and_a_new_one(tmp_path, fast_config)
     mean = sum(v * n for site, (v, n) in dice.items() if site != "weighted mean") / total
     assert dice["weighted mean"] == (pytest.approx(mean, abs=1e-4), total)
 
+    # `cofe infer`: GaNDLF's inference path with the federation's instance-norm choice reproduces the
+    # federation's validation of the best model at a site (the issue asks for 0.02 Dice; it is exact).
+    out = tmp_path / "predictions"
+    inferred = cofe("infer", "--dir", fed, "--data", data["site_a"] / "valid.csv", "--out", out, check=True)
+    dice = float(next(line for line in inferred.stdout.splitlines() if line.strip().startswith("dice:")).split(":")[1])
+    assert abs(dice - training[("site_a", "valid_dice")]) < 0.02, (dice, training[("site_a", "valid_dice")])
+    subjects = [line.split(",")[0] for line in (data["site_a"] / "valid.csv").read_text().splitlines()[1:] if line]
+    assert {mask.parent.name for mask in out.glob("testing/*/*_seg.nii.gz")} == set(subjects)
+
     # A model that is not of this plan is refused before anything starts.
     import torch
 

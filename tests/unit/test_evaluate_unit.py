@@ -64,3 +64,52 @@ def test_no_known_data_is_one_clear_line(tmp_path):
                            collaborators=[CollaboratorData("site_b", None)]).root
     (fed / "workspaces" / "aggregator" / "save" / "best.pbuf").write_bytes(b"model")
     refused(cofe("--dir", fed), "no site's data is known here")
+
+
+# ---------------------------------------------------------------- cofe infer
+
+
+def infer(*args):
+    return subprocess.run([sys.executable, "-m", "cofe_cli", "infer", *map(str, args)], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+
+
+def _trained(fed):
+    import yaml
+
+    model_dir = fed / "results" / "gandlf_model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(gandlf_config()))
+    (model_dir / "resunet_best.pth.tar").write_bytes(b"weights")
+
+
+def _csv(folder, channels: int):
+    from volumes import write_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [str(write_volume(folder / f"s1_{i}.nii.gz")) for i in range(channels)]
+    label = write_volume(folder / "s1_seg.nii.gz")
+    header = ",".join(["SubjectID", *(f"Channel_{i}" for i in range(channels)), "Label"])
+    path = folder / "test.csv"
+    path.write_text(f"{header}\ns1,{','.join(images)},{label}\n")
+    return path
+
+
+def test_infer_refuses_bad_input_before_any_work(fed, tmp_path):
+    data = _csv(tmp_path / "one_channel", 1)
+    refused(infer("--dir", fed, "--data", data, "--out", tmp_path / "out"), "has no trained model yet")
+    _trained(fed)
+    refused(infer("--dir", fed, "--data", data, "--out", tmp_path / "out", "--model", "final"), "no final model")
+    refused(infer("--dir", fed, "--data", data, "--out", tmp_path / "out", "--model", tmp_path / "x.pth.tar"),
+            "no such file")
+    refused(infer("--dir", fed, "--data", data.parent, "--out", tmp_path / "out"), "is a folder")
+    refused(infer("--dir", fed, "--data", _csv(tmp_path / "two_channels", 2), "--out", tmp_path / "out"),
+            "image channel column(s) but the model expects 1")
+    refused(infer("--dir", fed, "--data", data, "--out", tmp_path / "out", "--validation-norm", "batch"),
+            "--validation-norm must be input or running")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("keep")
+    refused(infer("--dir", fed, "--data", data, "--out", existing), "already exists")
+    assert (existing / "mine.txt").read_text() == "keep" and not (tmp_path / "out").exists()
