@@ -104,6 +104,8 @@ def run(
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,
                                      gpus_per_site=gpus_per_site, sbatch_args=tuple(sbatch_arg or ()))
+    if request is None:
+        layout.load_manifest()  # no federation and nothing to make one from: say so before a lock makes --dir
     with federation_locked(layout):  # from before init and certify, which it may do first
         run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout,
                        containers=container_options, slurm=slurm_options)

@@ -166,3 +166,19 @@ def test_impossible_request_is_a_clear_error(tmp_path, site_data, fast_config, s
 
     missing = cofe("run", "--dir", fed, "--slurm", "--partition", "no-such-partition", timeout=120)
     assert missing.returncode == 2 and "no partition 'no-such-partition'" in missing.stderr, missing.stderr
+
+
+def test_federated_evaluation_through_slurm(tmp_path, site_data, fast_config, slurm_cluster):
+    """`cofe evaluate --slurm`: the evaluation round's participants are jobs too, as for `cofe run --slurm`."""
+    fed = tmp_path / "fed"
+    cofe("run", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(site_data), "--rounds", 1,
+         "--port", free_port(), "--timeout", 900, check=True, timeout=1000)
+    result = cofe("evaluate", "--dir", fed, "--slurm", "--time", "00:10:00", "--timeout", 600,
+                  *(["--partition", slurm_cluster] if slurm_cluster else []), timeout=700)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with (fed / "results" / "evaluation.csv").open() as handle:
+        sites = {row["site"] for row in csv.DictReader(handle)}
+    assert sites == {*SITES, "weighted mean"}
+    jobs = _job_ids(fed / "evaluation")
+    assert set(jobs) == {"aggregator", *SITES}
+    assert _in_queue(jobs.values()) == []

@@ -143,3 +143,10 @@ def test_run_refuses_a_timeout_that_is_not_positive(fed: Path, timeout: str) -> 
     result = run_cofe("run", "--dir", fed, "--timeout", timeout, cwd=fed.parent)
     refused(result, f"--timeout must be a positive number of seconds, got {timeout}")
     assert not (fed / "workspaces" / AGGREGATOR / "logs" / f"{AGGREGATOR}.log").exists(), "nothing was started"
+
+
+def test_run_without_a_federation_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """The lock file used to make --dir before `cofe run` found that it held no federation."""
+    missing = tmp_path / "no-such-federation"
+    refused(run_cofe("run", "--dir", missing, cwd=tmp_path), "no federation in")
+    assert not missing.exists()
