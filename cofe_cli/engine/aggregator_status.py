@@ -6,7 +6,7 @@ Codes are held by name (grpc.StatusCode.X.name): this module imports neither grp
 Who answers what:
 - PERMISSION_DENIED: cofe's revocation check (engine/openfl_server.py) found the certificate on the CRL.
 - UNAUTHENTICATED: OpenFL checks every RPC: the sender is in the plan and is the certificate's CN.
-- UNKNOWN: OpenFL's header check raises a plain exception when the federation UUID is not its own.
+- UNKNOWN: OpenFL asserts the header (an AssertionError, which gRPC reports as UNKNOWN): another plan's UUIDs.
 - UNAVAILABLE: no TLS connection at all (the handshake failed, or nothing answers).
 Only the first two are refusals of the site itself: every retry would be refused alike.
 """
