@@ -10,16 +10,8 @@ import grpc
 from openfl.protocols import aggregator_pb2_grpc
 from openfl.transport.grpc.aggregator_client import AggregatorGRPCClient
 
+from cofe_cli.engine.aggregator_status import refusal
 from cofe_cli.errors import FederationFailed
-
-_REFUSALS = {  # status: (why, what the site can do)
-    grpc.StatusCode.PERMISSION_DENIED: (
-        "its certificate is revoked",
-        "ask the coordinator; with a new certificate (`cofe certify request --force`, then signed) the site can join again"),
-    grpc.StatusCode.UNAUTHENTICATED: (
-        "its certificate's name is not a collaborator of this plan, or not the name it uses",
-        "start it under the name its certificate carries, or ask the coordinator to add this site to the plan"),
-}
 
 
 class RefusedByAggregator(FederationFailed):
@@ -32,10 +24,10 @@ class _RefusalInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClie
         self.collaborator = collaborator
 
     def _check(self, response):
-        if isinstance(response, grpc.RpcError) and response.code() in _REFUSALS:
-            why, hint = _REFUSALS[response.code()]
-            raise RefusedByAggregator(f"the aggregator refused {self.collaborator}: {why} ({response.details()})",
-                                      hint=hint, participant=self.collaborator)
+        refused = refusal(response.code().name) if isinstance(response, grpc.RpcError) else None
+        if refused is not None:
+            raise RefusedByAggregator(f"{refused.told(self.collaborator)} ({response.details()})",
+                                      hint=refused.fix, participant=self.collaborator)
         return response
 
     def intercept_unary_unary(self, continuation, client_call_details, request):

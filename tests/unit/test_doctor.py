@@ -25,7 +25,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from cofe_cli.commands import doctor
+from cofe_cli.doctor.certificates import check_certificate, check_clock, issued_at, kernel_clock_state
+from cofe_cli.doctor.data import check_data
+from cofe_cli.doctor.grpc_ping import describe_ping
+from cofe_cli.doctor.network_tls import check_address, check_port, tls_handshake
+from cofe_cli.doctor.plan_and_versions import RECORDED_PACKAGES, check_environment, installed_version
+from cofe_cli.doctor.result import FAIL, PASS, SKIP
+from cofe_cli.doctor.runner import run_checks
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.pki import CertificateAuthority
 from cofe_cli.pki.workspace_certs import certify_locally
@@ -75,41 +81,41 @@ def _load(pem: bytes) -> x509.Certificate:
 
 
 def test_a_valid_certificate_passes(ca, client):
-    check, cert = doctor.check_certificate(client.cert_pem, client.key_pem, ca.chain_pem(), participant="hospital_a",
-                                           expected_cn="hospital_a", min_days=30)
-    assert check.status == doctor.PASS, check
+    check, cert = check_certificate(client.cert_pem, client.key_pem, ca.chain_pem(), participant="hospital_a",
+                                    expected_cn="hospital_a", min_days=30)
+    assert check.status == PASS, check
     assert cert.serial_number == _load(client.cert_pem).serial_number
     assert "hospital_a" in check.detail and "days left" in check.detail
 
 
 def test_a_certificate_expiring_within_min_days_fails(ca):
     short = ca.issue_client_cert("hospital_a", validity_days=10)
-    check, _ = doctor.check_certificate(short.cert_pem, short.key_pem, ca.chain_pem(), participant="hospital_a",
-                                        expected_cn="hospital_a", min_days=30)
-    assert check.status == doctor.FAIL and "fewer than 30 days" in check.detail and "request" in check.fix
-    relaxed, _ = doctor.check_certificate(short.cert_pem, short.key_pem, ca.chain_pem(), participant="hospital_a",
-                                          expected_cn="hospital_a", min_days=5)
-    assert relaxed.status == doctor.PASS, relaxed
+    check, _ = check_certificate(short.cert_pem, short.key_pem, ca.chain_pem(), participant="hospital_a",
+                                 expected_cn="hospital_a", min_days=30)
+    assert check.status == FAIL and "fewer than 30 days" in check.detail and "request" in check.fix
+    relaxed, _ = check_certificate(short.cert_pem, short.key_pem, ca.chain_pem(), participant="hospital_a",
+                                   expected_cn="hospital_a", min_days=5)
+    assert relaxed.status == PASS, relaxed
 
 
 def test_expired_and_not_yet_valid_certificates_fail(ca):
     now = datetime.now(timezone.utc)
     expired = _cert_between(ca, "hospital_a", now - timedelta(days=40), now - timedelta(days=1))
-    check, _ = doctor.check_certificate(*expired, ca.chain_pem(), participant="hospital_a", expected_cn="hospital_a",
-                                        min_days=30)
-    assert check.status == doctor.FAIL and "expired on" in check.detail
+    check, _ = check_certificate(*expired, ca.chain_pem(), participant="hospital_a", expected_cn="hospital_a",
+                                 min_days=30)
+    assert check.status == FAIL and "expired on" in check.detail
     future = _cert_between(ca, "hospital_a", now + timedelta(hours=2), now + timedelta(days=400))
-    check, _ = doctor.check_certificate(*future, ca.chain_pem(), participant="hospital_a", expected_cn="hospital_a",
-                                        min_days=30)
-    assert check.status == doctor.FAIL and "not valid before" in check.detail and "NTP" in check.fix
+    check, _ = check_certificate(*future, ca.chain_pem(), participant="hospital_a", expected_cn="hospital_a",
+                                 min_days=30)
+    assert check.status == FAIL and "not valid before" in check.detail and "NTP" in check.fix
 
 
 def test_certificate_problems_are_named(ca, other_ca, client):
     chain = ca.chain_pem()
 
     def check(cert, key, chain_pem=chain, cn="hospital_a"):
-        result, _ = doctor.check_certificate(cert, key, chain_pem, participant="hospital_a", expected_cn=cn, min_days=30)
-        assert result.status == doctor.FAIL and result.fix, result
+        result, _ = check_certificate(cert, key, chain_pem, participant="hospital_a", expected_cn=cn, min_days=30)
+        assert result.status == FAIL and result.fix, result
         return result.detail
 
     assert "no private key" in check(None, None)
@@ -123,13 +129,13 @@ def test_certificate_problems_are_named(ca, other_ca, client):
 
 def test_an_aggregator_certificate_must_name_the_plan_address(ca):
     server = ca.issue_server_cert("fl.example.org")
-    good, _ = doctor.check_certificate(server.cert_pem, server.key_pem, ca.chain_pem(), participant=AGGREGATOR,
-                                       expected_cn="fl.example.org", expected_san="fl.example.org", min_days=30)
-    assert good.status == doctor.PASS, good
+    good, _ = check_certificate(server.cert_pem, server.key_pem, ca.chain_pem(), participant=AGGREGATOR,
+                                expected_cn="fl.example.org", expected_san="fl.example.org", min_days=30)
+    assert good.status == PASS, good
     other = ca.issue_server_cert("other.example.org")
-    bad, _ = doctor.check_certificate(other.cert_pem, other.key_pem, ca.chain_pem(), participant=AGGREGATOR,
-                                      expected_cn="fl.example.org", expected_san="fl.example.org", min_days=30)
-    assert bad.status == doctor.FAIL
+    bad, _ = check_certificate(other.cert_pem, other.key_pem, ca.chain_pem(), participant=AGGREGATOR,
+                               expected_cn="fl.example.org", expected_san="fl.example.org", min_days=30)
+    assert bad.status == FAIL
 
 
 # ---------------------------------------------------------------- clock
@@ -137,40 +143,40 @@ def test_an_aggregator_certificate_must_name_the_plan_address(ca):
 
 def test_clock_passes_when_no_timestamp_lies_in_the_future_and_says_what_it_compared(ca, client):
     now = datetime.now(timezone.utc)
-    check = doctor.check_clock(now=now, server_cert=_load(client.cert_pem), own_cert=_load(client.cert_pem),
-                               kit_created=now - timedelta(minutes=5), kernel="the kernel says X")
-    assert check.status == doctor.PASS, check
+    check = check_clock(now=now, server_cert=_load(client.cert_pem), own_cert=_load(client.cert_pem),
+                        kit_created=now - timedelta(minutes=5), kernel="the kernel says X")
+    assert check.status == PASS, check
     for words in ("aggregator's certificate", "this site's certificate", "kit.json", "cannot be read",
                   "ahead cannot be seen", "the kernel says X"):
         assert words in check.detail
 
 
 def test_clock_behind_the_coordinator_fails():
-    check = doctor.check_clock(now=NOW, kit_created=NOW + timedelta(minutes=3))
-    assert check.status == doctor.FAIL and "behind" in check.detail and "3 min" in check.detail
-    within = doctor.check_clock(now=NOW, kit_created=NOW + timedelta(seconds=30))
-    assert within.status == doctor.PASS, within
+    check = check_clock(now=NOW, kit_created=NOW + timedelta(minutes=3))
+    assert check.status == FAIL and "behind" in check.detail and "3 min" in check.detail
+    within = check_clock(now=NOW, kit_created=NOW + timedelta(seconds=30))
+    assert within.status == PASS, within
 
 
 def test_clock_fails_when_the_server_certificate_is_not_valid_yet(ca):
     now = datetime.now(timezone.utc)
     future, _ = _cert_between(ca, "fl.example.org", now + timedelta(minutes=10), now + timedelta(days=10))
-    check = doctor.check_clock(now=now, server_cert=_load(future))
-    assert check.status == doctor.FAIL and "not valid before" in check.detail
+    check = check_clock(now=now, server_cert=_load(future))
+    assert check.status == FAIL and "not valid before" in check.detail
 
 
 def test_signing_time_is_read_from_cofe_back_dated_not_before(ca):
     cert = _load(ca.issue_client_cert("hospital_a").cert_pem)
-    assert abs(doctor.issued_at(cert) - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    assert abs(issued_at(cert) - datetime.now(timezone.utc)) < timedelta(minutes=1)
 
 
 def test_clock_without_anything_to_compare_says_so():
-    check = doctor.check_clock(now=NOW)
-    assert check.status == doctor.PASS and "nothing to compare" in check.detail
+    check = check_clock(now=NOW)
+    assert check.status == PASS and "nothing to compare" in check.detail
 
 
 def test_kernel_clock_state_is_a_phrase_or_none():
-    state = doctor.kernel_clock_state()
+    state = kernel_clock_state()
     assert state is None or "NTP" in state
 
 
@@ -180,13 +186,13 @@ def test_kernel_clock_state_is_a_phrase_or_none():
 def test_environment_matches_the_recorded_versions():
     installed = {"cofe": "0.1.0", "openfl": "1.9", "gandlf": "0.1.5", "torch": "2.7.1+cpu"}.get
     recorded = {"cofe": "0.1.0", "openfl": "1.9", "gandlf": "0.1.5", "torch": "2.7.1"}
-    assert doctor.check_environment(recorded, installed).status == doctor.PASS
-    wrong = doctor.check_environment({**recorded, "openfl": "1.8"}, installed)
-    assert wrong.status == doctor.FAIL and "openfl 1.9 here, the plan has 1.8" in wrong.detail
+    assert check_environment(recorded, installed).status == PASS
+    wrong = check_environment({**recorded, "openfl": "1.8"}, installed)
+    assert wrong.status == FAIL and "openfl 1.9 here, the plan has 1.8" in wrong.detail
     assert "openfl==1.8" in wrong.fix
-    missing = doctor.check_environment(recorded, {"cofe": "0.1.0"}.get)
-    assert missing.status == doctor.FAIL and "torch is not installed" in missing.detail
-    assert doctor.check_environment({}, installed).status == doctor.PASS
+    missing = check_environment(recorded, {"cofe": "0.1.0"}.get)
+    assert missing.status == FAIL and "torch is not installed" in missing.detail
+    assert check_environment({}, installed).status == PASS
 
 
 def _data_folder(root: Path, *, rows: int = 2, missing_file: bool = False) -> Path:
@@ -204,37 +210,37 @@ def _data_folder(root: Path, *, rows: int = 2, missing_file: bool = False) -> Pa
 
 
 def test_data_check(tmp_path):
-    good = doctor.check_data(_data_folder(tmp_path / "good"), GANDLF_CONFIG, participant="hospital_a")
-    assert good.status == doctor.PASS and "2 subject(s)" in good.detail
-    broken = doctor.check_data(_data_folder(tmp_path / "broken", missing_file=True), GANDLF_CONFIG, participant="hospital_a")
-    assert broken.status == doctor.FAIL and "does not exist" in broken.detail
+    good = check_data(_data_folder(tmp_path / "good"), GANDLF_CONFIG, participant="hospital_a")
+    assert good.status == PASS and "2 subject(s)" in good.detail
+    broken = check_data(_data_folder(tmp_path / "broken", missing_file=True), GANDLF_CONFIG, participant="hospital_a")
+    assert broken.status == FAIL and "does not exist" in broken.detail
     two_channels = {**GANDLF_CONFIG, "model": {**GANDLF_CONFIG["model"], "num_channels": 2}}
-    channels = doctor.check_data(tmp_path / "good", two_channels, participant="hospital_a")
-    assert channels.status == doctor.FAIL and "channel" in channels.detail
-    none = doctor.check_data(None, GANDLF_CONFIG, participant="hospital_a")
-    assert none.status == doctor.FAIL and "--data" in none.fix
+    channels = check_data(tmp_path / "good", two_channels, participant="hospital_a")
+    assert channels.status == FAIL and "channel" in channels.detail
+    none = check_data(None, GANDLF_CONFIG, participant="hospital_a")
+    assert none.status == FAIL and "--data" in none.fix
 
 
 def test_data_check_reads_every_image_header(tmp_path):
     """A text file named .nii.gz, and /etc/passwd, used to PASS: only their existence was checked."""
     folder = _data_folder(tmp_path / "site")
     (folder / "train.csv-0-img.nii.gz").write_text("not an image\n")
-    text = doctor.check_data(folder, GANDLF_CONFIG, participant="hospital_a")
-    assert text.status == doctor.FAIL and "Channel_0 is not an image file that can be read: train.csv-0-img.nii.gz" in text.detail
+    text = check_data(folder, GANDLF_CONFIG, participant="hospital_a")
+    assert text.status == FAIL and "Channel_0 is not an image file that can be read: train.csv-0-img.nii.gz" in text.detail
     (folder / "train.csv").write_text(f"SubjectID,Channel_0,Label\n0,/etc/passwd,{folder / 'train.csv-0-lbl.nii.gz'}\n")
-    passwd = doctor.check_data(folder, GANDLF_CONFIG, participant="hospital_a")
-    assert passwd.status == doctor.FAIL and "is not an image file that can be read: /etc/passwd" in passwd.detail
+    passwd = check_data(folder, GANDLF_CONFIG, participant="hospital_a")
+    assert passwd.status == FAIL and "is not an image file that can be read: /etc/passwd" in passwd.detail
 
 
 def test_data_check_refuses_a_label_of_another_size_and_a_patch_larger_than_the_volumes(tmp_path):
     folder = _data_folder(tmp_path / "site")
     write_volume(folder / "valid.csv-1-lbl.nii.gz", (16, 16, 12))
-    mismatch = doctor.check_data(folder, GANDLF_CONFIG, participant="hospital_a")
-    assert mismatch.status == doctor.FAIL and "Label is 16x16x12 voxels but Channel_0 is 16x16x16" in mismatch.detail
+    mismatch = check_data(folder, GANDLF_CONFIG, participant="hospital_a")
+    assert mismatch.status == FAIL and "Label is 16x16x12 voxels but Channel_0 is 16x16x16" in mismatch.detail
     write_volume(folder / "valid.csv-1-lbl.nii.gz")
     large_patch = {**GANDLF_CONFIG, "patch_size": [32, 32, 32]}
-    patch = doctor.check_data(folder, large_patch, participant="hospital_a")
-    assert patch.status == doctor.FAIL and "patch_size [32, 32, 32] is larger than 4 of the 4 volume(s)" in patch.detail
+    patch = check_data(folder, large_patch, participant="hospital_a")
+    assert patch.status == FAIL and "patch_size [32, 32, 32] is larger than 4 of the 4 volume(s)" in patch.detail
     assert "at most [16, 16, 16]" in patch.fix
 
 
@@ -242,35 +248,35 @@ def test_data_check_refuses_a_label_of_another_size_and_a_patch_larger_than_the_
 
 
 def test_address_checks():
-    ip, addresses = doctor.check_address("127.0.0.1", 50051)
-    assert ip.status == doctor.PASS and "IP address" in ip.detail and addresses
-    name, addresses = doctor.check_address("localhost", 50051)
-    assert name.status == doctor.PASS and addresses
+    ip, addresses = check_address("127.0.0.1", 50051)
+    assert ip.status == PASS and "IP address" in ip.detail and addresses
+    name, addresses = check_address("localhost", 50051)
+    assert name.status == PASS and addresses
 
     def unknown(*args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    failed, addresses = doctor.check_address("fl.example.invalid", 50051, resolver=unknown)
-    assert failed.status == doctor.FAIL and "does not resolve" in failed.detail and not addresses
+    failed, addresses = check_address("fl.example.invalid", 50051, resolver=unknown)
+    assert failed.status == FAIL and "does not resolve" in failed.detail and not addresses
 
     def hangs(*args, **kwargs):
         time.sleep(2)
         return []
 
     started = time.monotonic()
-    slow, _ = doctor.check_address("fl.example.org", 50051, timeout=0.2, resolver=hangs)
-    assert slow.status == doctor.FAIL and "within 0.2 s" in slow.detail
+    slow, _ = check_address("fl.example.org", 50051, timeout=0.2, resolver=hangs)
+    assert slow.status == FAIL and "within 0.2 s" in slow.detail
     assert time.monotonic() - started < 1.5
 
 
 def test_port_open_and_refused():
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        _, addresses = doctor.check_address("127.0.0.1", port)
-        check, target = doctor.check_port(addresses, "127.0.0.1", port, timeout=2)
-        assert check.status == doctor.PASS and target is not None
-    check, target = doctor.check_port(addresses, "127.0.0.1", port, timeout=2)  # closed now
-    assert check.status == doctor.FAIL and "refused" in check.detail and "cofe start aggregator" in check.fix
+        _, addresses = check_address("127.0.0.1", port)
+        check, target = check_port(addresses, "127.0.0.1", port, timeout=2)
+        assert check.status == PASS and target is not None
+    check, target = check_port(addresses, "127.0.0.1", port, timeout=2)  # closed now
+    assert check.status == FAIL and "refused" in check.detail and "cofe start aggregator" in check.fix
     assert target is None
 
 
@@ -330,43 +336,43 @@ class TlsServer:
 
 def _handshake(tmp: Path, server: TlsServer, ca: CertificateAuthority, client, host: str = "localhost"):
     client.write(tmp / "client.crt", tmp / "client.key")
-    return doctor.tls_handshake(host, server.port, (socket.AF_INET, ("127.0.0.1", server.port)),
-                                chain_pem=ca.chain_pem(), cert_file=tmp / "client.crt", key_file=tmp / "client.key",
-                                timeout=5)
+    return tls_handshake(host, server.port, (socket.AF_INET, ("127.0.0.1", server.port)),
+                         chain_pem=ca.chain_pem(), cert_file=tmp / "client.crt", key_file=tmp / "client.key",
+                         timeout=5)
 
 
 def test_tls_with_the_federation_ca_on_both_sides_passes(tmp_path, ca, client):
     with TlsServer(tmp_path, ca.issue_server_cert("localhost"), ca.chain_pem()) as server:
         result = _handshake(tmp_path, server, ca, client)
-    assert result.check.status == doctor.PASS, result.check
+    assert result.check.status == PASS, result.check
     assert "answered the HTTP/2 preface" in result.check.detail
-    assert result.server_cert is not None and doctor.issued_at(result.server_cert) <= datetime.now(timezone.utc)
+    assert result.server_cert is not None and issued_at(result.server_cert) <= datetime.now(timezone.utc)
 
 
 def test_tls_to_a_server_of_another_ca_fails(tmp_path, ca, other_ca, client):
     with TlsServer(tmp_path, other_ca.issue_server_cert("localhost"), ca.chain_pem()) as server:
         result = _handshake(tmp_path, server, ca, client)
-    assert result.check.status == doctor.FAIL and "not signed by this federation's CA" in result.check.detail
+    assert result.check.status == FAIL and "not signed by this federation's CA" in result.check.detail
 
 
 def test_tls_to_a_server_that_refuses_this_sites_ca_fails(tmp_path, ca, other_ca, client):
     with TlsServer(tmp_path, ca.issue_server_cert("localhost"), other_ca.chain_pem()) as server:
         result = _handshake(tmp_path, server, ca, client)
-    assert result.check.status == doctor.FAIL, result.check
+    assert result.check.status == FAIL, result.check
     assert "refused this site's certificate" in result.check.detail
 
 
 def test_tls_to_a_server_with_another_name_fails(tmp_path, ca, client):
     with TlsServer(tmp_path, ca.issue_server_cert("fl.example.org"), ca.chain_pem()) as server:
         result = _handshake(tmp_path, server, ca, client)
-    assert result.check.status == doctor.FAIL and "does not name" in result.check.detail
+    assert result.check.status == FAIL and "does not name" in result.check.detail
     assert "--san" in result.check.fix
 
 
 def test_tls_to_a_plain_text_server_fails(tmp_path, ca, client):
     with TlsServer(tmp_path, None, b"", tls=False) as server:
         result = _handshake(tmp_path, server, ca, client)
-    assert result.check.status == doctor.FAIL and result.check.fix
+    assert result.check.status == FAIL and result.check.fix
 
 
 # ---------------------------------------------------------------- the Ping's answers
@@ -381,14 +387,14 @@ def test_tls_to_a_plain_text_server_fails(tmp_path, ca, client):
     ("INTERNAL", "the Ping failed"),
 ])
 def test_ping_failures_are_explained(code, words):
-    check = doctor.describe_ping(code, "details " * 100, sender="hospital_a", target="fl:50051")
-    assert check.status == doctor.FAIL and code in check.detail and words in check.detail and check.fix
+    check = describe_ping(code, "details " * 100, sender="hospital_a", target="fl:50051")
+    assert check.status == FAIL and code in check.detail and words in check.detail and check.fix
     assert len(check.detail) < 600
 
 
 def test_a_ping_answered_passes():
-    check = doctor.describe_ping(None, "", sender="hospital_a", target="fl:50051", answered_by="aggregator_x")
-    assert check.status == doctor.PASS and "aggregator_x" in check.detail
+    check = describe_ping(None, "", sender="hospital_a", target="fl:50051", answered_by="aggregator_x")
+    assert check.status == PASS and "aggregator_x" in check.detail
 
 
 # ---------------------------------------------------------------- the whole command, without an aggregator
@@ -416,20 +422,20 @@ def _run(*args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> FederationLayout:
-    versions = {package: doctor.installed_version(package) for package in doctor.RECORDED_PACKAGES}
+    versions = {package: installed_version(package) for package in RECORDED_PACKAGES}
     return _federation(tmp_path_factory.mktemp("fed") / "fed", _closed_port(), {k: v for k, v in versions.items() if v})
 
 
 def test_without_an_aggregator_the_network_checks_fail_and_the_rest_is_checked(federation):
     manifest = federation.load_manifest()
-    checks = {check.name: check for check in doctor.run_checks(federation, manifest, "hospital_a", min_days=30,
+    checks = {check.name: check for check in run_checks(federation, manifest, "hospital_a", min_days=30,
                                                                  timeout=2)}
     assert list(checks) == ["plan", "address", "port", "tls", "aggregator", "certificate", "keys", "clock", "data",
                             "environment"]
-    assert checks["port"].status == doctor.FAIL
-    assert checks["tls"].status == checks["aggregator"].status == doctor.SKIP
+    assert checks["port"].status == FAIL
+    assert checks["tls"].status == checks["aggregator"].status == SKIP
     for name in ("plan", "address", "certificate", "keys", "clock", "data", "environment"):
-        assert checks[name].status == doctor.PASS, checks[name]
+        assert checks[name].status == PASS, checks[name]
 
 
 def test_doctor_command_exit_codes(federation):
