@@ -16,7 +16,8 @@ from cofe_cli.events import read_events
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.locks import federation_locked
 from cofe_cli.ports import check_port_free
-from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
+from cofe_cli.pki.local_issuing import certify_locally
+from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.plan.builder import ALGORITHMS
 from cofe_cli.commands.init import DEFAULT_PORT, InitRequest, initialise, report_initialised
 from cofe_cli.commands.start import clear_aggregator_state, prepare_collaborator_data

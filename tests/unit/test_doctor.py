@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from cofe_cli.commands import doctor
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.pki import CertificateAuthority
-from cofe_cli.pki.workspace_certs import certify_locally
+from cofe_cli.pki.local_issuing import certify_locally
 from cofe_cli.plan.workspaces import CollaboratorData
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
