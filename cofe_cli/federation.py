@@ -19,6 +19,9 @@ import yaml
 from cofe_cli.errors import CofeError
 
 AGGREGATOR = "aggregator"
+ROLE_AGGREGATOR = "aggregator"
+ROLE_COLLABORATOR = "collaborator"
+PLAN_FILE = "plan.yaml"  # the OpenFL plan, in plans/ and in every workspace's plan/
 # OpenFL lowercases collaborator names in cols.yaml and certificates, and then fails to find
 # `site_A`; accepting only lowercase names keeps the name a user types the one OpenFL uses.
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -38,6 +41,15 @@ def check_collaborator_name(name: str) -> str:
             hint=f"use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit, e.g. {suggestion!r}",
         )
     return name
+
+
+def role_of(name: str) -> str:
+    return ROLE_AGGREGATOR if name == AGGREGATOR else ROLE_COLLABORATOR
+
+
+def plan_hash(plan_yaml: str) -> str:
+    """SHA-384 of the plan file's bytes: what a site reads out to the coordinator."""
+    return hashlib.sha384(plan_yaml.encode("utf-8")).hexdigest()
 
 
 def federation_fingerprint(plan_sha384: str, init_model_sha384: str) -> str:
@@ -174,3 +186,35 @@ def check_initial_model(model: Path, manifest: Manifest) -> None:
                         f"{recorded[:16]}..., which federation.yaml records",
                         hint="do not start from it; import the aggregator's kit again (`cofe import KIT --force`), "
                              "or at the coordinator copy plans/init.pbuf to workspaces/aggregator/save/init.pbuf")
+
+
+def check_plan_unchanged(layout: FederationLayout, manifest: Manifest) -> None:
+    plan_file = layout.plans / PLAN_FILE
+    try:
+        text = plan_file.read_text(encoding="utf-8")
+    except OSError:
+        raise CofeError(f"{plan_file} is missing", hint="import the site kit again (`cofe import KIT --force`)") from None
+    if plan_hash(text) != manifest.plan_sha384:
+        raise CofeError(f"{plan_file} was changed: its hash is not the federation's plan hash",
+                        hint="import the kit again (`cofe import KIT --dir DIR --force`) or ask the coordinator for a new one")
+
+
+def local_participant(layout: FederationLayout, manifest: Manifest, name: str | None) -> str:
+    """The participant whose workspace is in this directory: `name`, or the only one there."""
+    known = (AGGREGATOR, *manifest.collaborators)
+    if name is not None:
+        if name != AGGREGATOR:
+            check_collaborator_name(name)
+            manifest.require_collaborator(name)
+        if not layout.workspace(name).is_dir():
+            raise CofeError(f"{layout.root} holds no workspace for {name}",
+                            hint=f"import {name}'s site kit first: `cofe import KIT --dir {layout.root}`")
+        return name
+    present = [p for p in known if layout.workspace(p).is_dir()]
+    if not present:
+        raise CofeError(f"{layout.root} holds no participant's workspace",
+                        hint=f"import the site kit first: `cofe import KIT --dir {layout.root}`")
+    if len(present) > 1:
+        raise CofeError(f"{layout.root} holds several participants ({', '.join(present)}); which one?",
+                        hint="name it, e.g. `cofe certify request hospital_a --dir DIR`")
+    return present[0]

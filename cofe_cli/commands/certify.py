@@ -18,11 +18,10 @@ from rich.text import Text
 
 from cofe_cli.console import console, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
-from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.locks import federation_locked
 from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_validity_days
-from cofe_cli.pki.workspace_certs import certificate_problem, certify_locally, participant_cert_paths
+from cofe_cli.pki.local_issuing import certify_aggregator_here, certify_locally
 
 app = typer.Typer(
     help="Create the federation's CA and certificates: in one step (no subcommand), or with keys that never "
@@ -79,34 +78,6 @@ def _load_ca(layout: FederationLayout) -> CertificateAuthority:
 # ---------------------------------------------------------------- ca
 
 
-def _local_aggregator_certificate(layout: FederationLayout, manifest: Manifest, ca: CertificateAuthority, *,
-                                  force: bool, validity_days: int) -> str:
-    from cofe_cli.pki.requests import current_certificate, record_issued
-
-    paths = participant_cert_paths(layout, manifest, AGGREGATOR)
-    chain = ca.chain_pem()
-    if paths.key.exists() and not force:
-        problem = certificate_problem(paths, ca, manifest.aggregator_address)
-        if problem is not None:
-            # Not --force: with `ca` it would replace the CA, and every site's certificate with it.
-            raise CofeError(f"the aggregator {problem}",
-                            hint=f"for a new key and certificate from this CA, move {paths.key} away and run "
-                                 f"`cofe certify ca --dir {layout.root} --aggregator` again")
-        if not paths.chain.is_file() or paths.chain.read_bytes() != chain:
-            atomic_write_bytes(paths.chain, chain)
-        record_issued(layout, AGGREGATOR, paths.cert.read_bytes())
-        return "kept"
-    signed = current_certificate(layout, manifest, ca, AGGREGATOR)
-    if signed is not None and not force:
-        raise CofeError(f"the aggregator already has a certificate from this CA ({signed}), signed from its request",
-                        hint="pass --force to certify an aggregator on this host instead (then revoke the other one)")
-    issued = ca.issue_server_cert(manifest.aggregator_address, validity_days=validity_days)
-    issued.write(paths.cert, paths.key)
-    atomic_write_bytes(paths.chain, chain)
-    record_issued(layout, AGGREGATOR, issued.cert_pem)
-    return "issued"
-
-
 @app.command("ca")
 def ca(
     dir: Path = _DIR,
@@ -131,7 +102,7 @@ def ca(
                 stale.unlink(missing_ok=True)
         _say(f"CA {action}: {escape(str(layout.ca))} (valid until {authority.root_cert.not_valid_after_utc:%Y-%m-%d})")
         if aggregator:
-            done = _local_aggregator_certificate(layout, manifest, authority, force=force, validity_days=validity_days)
+            done = certify_aggregator_here(layout, manifest, authority, force=force, validity_days=validity_days)
             _say(f"Aggregator certificate ({escape(manifest.aggregator_address)}): {done}")
     _say(f"Root CA fingerprint (SHA-256): [bold]{authority.root_fingerprint()}[/]")
     _say("Read it out to every site (by phone, not in the e-mail that carries their kit): they check it with "
@@ -152,7 +123,8 @@ def request(
     force: bool = typer.Option(False, "--force", help="Replace this participant's private key (its certificate must be signed again)."),
 ) -> None:
     """At a site: make this participant's private key (it stays here, mode 0600) and a request for the coordinator."""
-    from cofe_cli.pki.requests import create_request, group_hex
+    from cofe_cli.archive import group_hex
+    from cofe_cli.pki.certificate_requests import create_request
 
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
@@ -182,10 +154,10 @@ def sign(
     allow_other_plan: bool = typer.Option(False, "--allow-other-plan", help="Sign a request made for another version of the plan."),
 ) -> None:
     """At the coordinator: check a site's request and sign it; writes <name>-signed.tar.gz for the site."""
-    from cofe_cli.pki.requests import (
+    from cofe_cli.archive import group_hex
+    from cofe_cli.pki.certificate_requests import (
         check_expected_hash,
         check_request,
-        group_hex,
         load_request,
         parse_expected_hash,
         sign_request,
@@ -230,7 +202,7 @@ def install(
     expect_root_fingerprint: str = typer.Option(None, "--expect-root-fingerprint", help="The root CA fingerprint the coordinator read out (required)."),
 ) -> None:
     """At a site: check the signed certificate against the expected root and the local key, then install it."""
-    from cofe_cli.pki.requests import install_signed
+    from cofe_cli.pki.certificate_requests import install_signed
 
     if not expect_root_fingerprint:
         raise CofeError("--expect-root-fingerprint is required",

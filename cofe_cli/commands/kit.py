@@ -28,8 +28,8 @@ def _say(text: str) -> None:
 
 
 def _export(name: str, dir: Path, out: Path | None, force: bool) -> None:
-    from cofe_cli.pki.kits import export_kit
-    from cofe_cli.pki.requests import group_hex
+    from cofe_cli.archive import group_hex
+    from cofe_cli.site_kits import export_kit
 
     layout = FederationLayout(dir)
     result = export_kit(layout, name, out=out, force=force)
@@ -67,8 +67,8 @@ def import_kit(
     force: bool = typer.Option(False, "--force", help="Import again over an existing workspace (its key and certificates are kept)."),
 ) -> None:
     """At a site: check a kit (hashes, plan, CA) and set up SITE/plans and SITE/workspaces/NAME from it."""
-    from cofe_cli.pki.kits import import_kit as import_site_kit
-    from cofe_cli.pki.requests import group_hex
+    from cofe_cli.archive import group_hex
+    from cofe_cli.site_kits import import_kit as import_site_kit
 
     result = import_site_kit(kit, dir, data=data, force=force)
     root = FederationLayout(dir).root

@@ -14,7 +14,8 @@ from cofe_cli.events import read_events
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.locks import federation_locked
 from cofe_cli.launch.factory import ContainerOptions, check_timeout, container_options_of, slurm_options_of
-from cofe_cli.pki.workspace_certs import certify_locally, participant_cert_paths
+from cofe_cli.pki.local_issuing import certify_locally
+from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.plan.builder import ALGORITHMS
 from cofe_cli.commands.init import DEFAULT_PORT, InitRequest, initialise, report_initialised
 from cofe_cli.commands.start import clear_aggregator_state, prepare_collaborator_data

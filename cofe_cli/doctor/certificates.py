@@ -18,8 +18,15 @@ DEFAULT_MIN_DAYS = 30
 def check_certificate(cert_pem: bytes | None, key_pem: bytes | None, chain_pem: bytes | None, *, participant: str,
                       expected_cn: str, min_days: int, now: datetime | None = None,
                       expected_san: str | None = None) -> tuple[Check, x509.Certificate | None]:
-    from cofe_cli.pki.authority import check_key_matches_cert, verify_issued_by
-    from cofe_cli.pki.requests import _common_name, _same_host, _san_names, chain_root_fingerprint
+    from cofe_cli.pki.x509 import (
+        certificate_or_none,
+        chain_root_fingerprint,
+        check_key_matches_cert,
+        common_name,
+        same_host,
+        san_names,
+        verify_issued_by,
+    )
 
     now = now or datetime.now(timezone.utc)
     if chain_pem is None:
@@ -32,16 +39,15 @@ def check_certificate(cert_pem: bytes | None, key_pem: bytes | None, chain_pem: 
         return fail("certificate", f"{participant} has a key but no certificate yet",
                     "install the certificate the coordinator signed from this site's request: "
                     "`cofe certify install NAME-signed.tar.gz --dir SITE --expect-root-fingerprint ...`"), None
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
+    cert = certificate_or_none(cert_pem)
+    if cert is None:
         return fail("certificate", "the certificate file is not a PEM certificate",
                     "install it again (`cofe certify install`)"), None
-    name = _common_name(cert.subject)
+    name = common_name(cert.subject)
     if name != expected_cn:
         return fail("certificate", f"the certificate is for {name!r}, not {expected_cn!r}",
                     "install the certificate signed for this participant (`cofe certify install`)"), cert
-    if expected_san is not None and not any(_same_host(entry, expected_san) for entry in _san_names(cert.extensions)):
+    if expected_san is not None and not any(same_host(entry, expected_san) for entry in san_names(cert.extensions)):
         return fail("certificate", f"the certificate does not name the plan's aggregator address {expected_san!r}",
                     "make a new request (`cofe certify request --force`) and have it signed"), cert
     try:

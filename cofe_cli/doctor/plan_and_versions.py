@@ -47,7 +47,7 @@ def check_environment(recorded: dict, installed: Callable[[str], str | None] = i
 
 
 def check_plan(layout: FederationLayout, manifest: Manifest, participant: str) -> Check:
-    from cofe_cli.plan.builder import plan_hash
+    from cofe_cli.federation import plan_hash
     from cofe_cli.plan.workspaces import COLS_FILE, PLAN_FILE
 
     plan_file = layout.plans / PLAN_FILE

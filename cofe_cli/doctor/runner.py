@@ -35,7 +35,7 @@ def _kit_created(workspace: Path) -> datetime | None:
 
 
 def select_participant(layout: FederationLayout, manifest: Manifest, name: str | None) -> str:
-    from cofe_cli.pki.requests import local_participant
+    from cofe_cli.federation import local_participant
 
     if name is not None:
         return local_participant(layout, manifest, name)

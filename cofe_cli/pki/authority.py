@@ -13,14 +13,22 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from cofe_cli.errors import CofeError
 from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.pki.x509 import (
+    HOST_NAME_TYPES,
+    certificate_fingerprint,
+    common_name,
+    directly_issued,
+    parse_certificate,
+    parse_csr,
+    parse_private_key,
+    same_public_key,
+)
 
 # A study must not expire mid-way; OpenFL's 365 days is too short for a multi-site study.
 DEFAULT_VALIDITY_DAYS = 3 * 365
@@ -36,9 +44,7 @@ _CA_FILES = (ROOT_CERT, SIGNING_CERT, CHAIN, ROOT_KEY, SIGNING_KEY)
 # Sites' clocks differ; a certificate must already be valid when it arrives at a slower one.
 _CLOCK_SKEW = timedelta(hours=1)
 _KEY_BITS = 3072
-_HOST_NAME_TYPES = (x509.DNSName, x509.IPAddress)
 _HASH = hashes.SHA384
-_REISSUE_HINT = "issue it again from this federation's CA (`cofe certify`)"
 _RECREATE_HINT = "recreate it with `cofe certify --force`; every certificate it signed will stop working"
 
 
@@ -50,17 +56,6 @@ class IssuedCert:
     def write(self, cert_path: Path, key_path: Path) -> None:
         atomic_write_bytes(Path(key_path), self.key_pem, mode=0o600)
         atomic_write_bytes(Path(cert_path), self.cert_pem)
-
-
-@dataclass
-class CertInfo:
-    common_name: str
-    san_dns: list[str]
-    san_ips: list[str]
-    not_before: datetime
-    not_after: datetime
-    issuer_common_name: str
-    fingerprint: str
 
 
 class CertificateAuthority:
@@ -143,18 +138,18 @@ class CertificateAuthority:
         if missing:
             raise CofeError(f"the CA in {ca_dir} is incomplete: {', '.join(missing)} missing", hint=_RECREATE_HINT)
         root_cert, signing_cert = (
-            _parse_cert((ca_dir / name).read_bytes(), str(ca_dir / name), _RECREATE_HINT)
+            parse_certificate((ca_dir / name).read_bytes(), str(ca_dir / name), _RECREATE_HINT)
             for name in (ROOT_CERT, SIGNING_CERT)
         )
         root_key, signing_key = (
-            _parse_key((ca_dir / name).read_bytes(), str(ca_dir / name), _RECREATE_HINT)
+            parse_private_key((ca_dir / name).read_bytes(), str(ca_dir / name), _RECREATE_HINT)
             for name in (ROOT_KEY, SIGNING_KEY)
         )
         # Files from two different CAs (a crash mid --force, a hand copy) must not sign anything.
         consistent = (
-            _same_public_key(root_key.public_key(), root_cert.public_key())
-            and _same_public_key(signing_key.public_key(), signing_cert.public_key())
-            and _directly_issued(signing_cert, root_cert)
+            same_public_key(root_key.public_key(), root_cert.public_key())
+            and same_public_key(signing_key.public_key(), signing_cert.public_key())
+            and directly_issued(signing_cert, root_cert)
         )
         if not consistent:
             raise CofeError(f"the CA files in {ca_dir} do not belong together", hint=_RECREATE_HINT)
@@ -164,7 +159,14 @@ class CertificateAuthority:
         return _cert_pem(self.signing_cert) + _cert_pem(self.root_cert)
 
     def root_fingerprint(self) -> str:
-        return _fingerprint(self.root_cert)
+        return certificate_fingerprint(self.root_cert)
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """True if this CA's signing CA signed `cert` (a certificate of another CA, or changed, is not)."""
+        return directly_issued(cert, self.signing_cert)
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        return builder.sign(self._signing_key, _HASH())
 
     def issue_server_cert(
         self,
@@ -196,41 +198,37 @@ class CertificateAuthority:
     ) -> bytes:
         if kind not in ("server", "client"):
             raise ValueError(f"kind must be 'server' or 'client', not {kind!r}")
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError:
-            hint = "pass the .csr file the site generated"
-            raise CofeError("not a PEM certificate signing request", hint=hint) from None
+        csr = parse_csr(csr_pem, "not a PEM certificate signing request", "pass the .csr file the site generated")
         if not csr.is_signature_valid:
             raise CofeError(
                 "the certificate request's signature does not verify (changed after it was made?)",
                 hint="generate a new request at the site",
             )
-        common_name = _common_name(csr.subject)
-        if not common_name:
+        requested_name = common_name(csr.subject)
+        if not requested_name:
             raise CofeError("the certificate request has no common name", hint="generate a new request at the site")
-        if expected_name is not None and common_name != expected_name:
+        if expected_name is not None and requested_name != expected_name:
             raise CofeError(
-                f"the certificate request is for {common_name!r}, expected {expected_name!r}",
+                f"the certificate request is for {requested_name!r}, expected {expected_name!r}",
                 hint="check which site sent this request",
             )
         public_key = csr.public_key()
         _check_public_key(public_key)
-        san = _subject_alt_names([common_name])
+        san = _subject_alt_names([requested_name])
         if kind == "server":
             try:
                 requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             except x509.ExtensionNotFound:
                 requested = []
             # Host names and IPs only: a site has no business getting e-mail or URI identities.
-            host_names = [entry for entry in requested if isinstance(entry, _HOST_NAME_TYPES)]
+            host_names = [entry for entry in requested if isinstance(entry, HOST_NAME_TYPES)]
             san = x509.SubjectAlternativeName(host_names) if host_names else san
         # Only the SAN comes from the request (OpenFL also drops the CSR's key usages): the CA sets the rest.
-        return _cert_pem(self._issue_leaf(common_name, public_key, san, kind, validity_days))
+        return _cert_pem(self._issue_leaf(requested_name, public_key, san, kind, validity_days))
 
     def _issue_leaf(
         self,
-        common_name: str,
+        leaf_name: str,
         public_key,
         san: x509.SubjectAlternativeName,
         kind: Literal["server", "client"],
@@ -241,7 +239,7 @@ class CertificateAuthority:
         if kind == "server":
             usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
         return _certificate(
-            subject=_name(common_name),
+            subject=_name(leaf_name),
             public_key=public_key,
             issuer=self.signing_cert,
             issuer_key=self._signing_key,
@@ -263,62 +261,6 @@ def make_private_key_and_csr(name: str, *, san: Sequence[str] = ()) -> tuple[byt
         builder = builder.add_extension(_subject_alt_names(san), critical=False)
     csr = builder.sign(key, _HASH())
     return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
-
-
-def describe_certificate(cert_pem: bytes) -> CertInfo:
-    cert = _parse_cert(cert_pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        san_dns = san.get_values_for_type(x509.DNSName)
-        san_ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        san_dns, san_ips = [], []
-    return CertInfo(
-        common_name=_common_name(cert.subject),
-        san_dns=san_dns,
-        san_ips=san_ips,
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        issuer_common_name=_common_name(cert.issuer),
-        fingerprint=_fingerprint(cert),
-    )
-
-
-def verify_issued_by(cert_pem: bytes, chain_pem: bytes) -> None:
-    """Raise CofeError unless the cert chains to the root in chain_pem and is fit for its TLS role."""
-    leaf = _parse_cert(cert_pem)
-    try:
-        chain = x509.load_pem_x509_certificates(chain_pem)
-    except ValueError:
-        raise CofeError("the CA chain is not PEM certificates", hint="pass the CA's cert_chain.crt") from None
-    roots = [cert for cert in chain if cert.subject == cert.issuer]
-    intermediates = [cert for cert in chain if cert.subject != cert.issuer]
-    if not roots:
-        raise CofeError("the CA chain holds no root certificate", hint="pass the CA's cert_chain.crt")
-    policy = PolicyBuilder().store(Store(roots))
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        raise CofeError(
-            f"certificate {_common_name(leaf.subject)!r} lacks subject alternative names or extended key usage",
-            hint=_REISSUE_HINT,
-        ) from None
-    try:
-        host_names = [entry for entry in san if isinstance(entry, _HOST_NAME_TYPES)]
-        if ExtendedKeyUsageOID.SERVER_AUTH in usages and host_names:
-            # Checked as a TLS client would: against the server's first name.
-            policy.build_server_verifier(host_names[0]).verify(leaf, intermediates)
-        else:
-            policy.build_client_verifier().verify(leaf, intermediates)
-    except VerificationError as error:
-        raise CofeError(
-            f"certificate {_common_name(leaf.subject)!r} is not valid under this CA: {error}", hint=_REISSUE_HINT
-        ) from None
-
-
-def check_key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
-    return _same_public_key(_parse_key(key_pem).public_key(), _parse_cert(cert_pem).public_key())
 
 
 def _certificate(
@@ -379,17 +321,12 @@ def _subject_alt_names(names: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def _name(common_name: str) -> x509.Name:
+def _name(subject_name: str) -> x509.Name:
     try:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_name)])
     except ValueError as error:  # length limits of X.509: 1-64 characters
         hint = "use 1 to 64 characters"
-        raise CofeError(f"{common_name!r} cannot be a certificate name: {error}", hint=hint) from None
-
-
-def _common_name(name: x509.Name) -> str:
-    attributes = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attributes[0].value) if attributes else ""
+        raise CofeError(f"{subject_name!r} cannot be a certificate name: {error}", hint=hint) from None
 
 
 def check_validity_days(validity_days: int) -> None:
@@ -422,34 +359,3 @@ def _key_pem(key) -> bytes:
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
-
-
-def _same_public_key(a, b) -> bool:
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return a.public_bytes(*spki) == b.public_bytes(*spki)
-
-
-def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _parse_cert(cert_pem: bytes, source: str = "the certificate", hint: str = _REISSUE_HINT) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise CofeError(f"{source} is not a PEM certificate", hint=hint) from None
-
-
-def _parse_key(key_pem: bytes, source: str = "the private key", hint: str = _REISSUE_HINT) -> rsa.RSAPrivateKey:
-    try:
-        return serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise CofeError(f"{source} is not an unencrypted PEM private key", hint=hint) from None

@@ -39,13 +39,14 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.federation import AGGREGATOR, FederationLayout, role_of
 from cofe_cli.fsutil import atomic_write_bytes
-from cofe_cli.pki.authority import CHAIN, SIGNING_KEY, CertificateAuthority
-from cofe_cli.pki.requests import ARCHIVED_DIR, ISSUED_DIR, issued_by, role_of
+from cofe_cli.pki.authority import CHAIN, CertificateAuthority
+from cofe_cli.pki.issue_records import ARCHIVED_DIR, ISSUED_DIR
+from cofe_cli.pki.x509 import certificate_or_none, chain_signers, issued_by_chain
 
 CRL_FILE = "crl.pem"
 REASONS = {
@@ -79,17 +80,8 @@ def _parse_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
         raise CofeError(f"{source} is not a certificate revocation list", hint=_CRL_HINT) from None
 
 
-def _crl_signers(chain_pem: bytes) -> list[x509.Certificate]:
-    try:
-        chain = x509.load_pem_x509_certificates(chain_pem)
-    except ValueError:
-        raise CofeError("the CA chain is not PEM certificates", hint="pass the workspace's cert/cert_chain.crt") from None
-    intermediates = [cert for cert in chain if cert.subject != cert.issuer]
-    return intermediates or chain
-
-
 def _verified(crl: x509.CertificateRevocationList, chain_pem: bytes, source: str) -> x509.CertificateRevocationList:
-    for signer in _crl_signers(chain_pem):
+    for signer in chain_signers(chain_pem, hint="pass the workspace's cert/cert_chain.crt"):
         if signer.subject != crl.issuer:
             continue
         try:
@@ -177,22 +169,6 @@ def _chain_for(layout: FederationLayout, path: Path) -> bytes | None:
     return None
 
 
-def _issued_by_chain(cert: x509.Certificate, chain_pem: bytes | None) -> bool:
-    if chain_pem is None:
-        return False
-    try:
-        signers = _crl_signers(chain_pem)
-    except CofeError:
-        return False
-    for signer in signers:
-        try:
-            cert.verify_directly_issued_by(signer)
-            return True
-        except Exception:  # another issuer: try the next
-            continue
-    return False
-
-
 def inventory(layout: FederationLayout) -> Inventory:
     """Every certificate this directory knows of (sign records and workspaces), newest facts first."""
     warnings: list[str] = []
@@ -213,8 +189,10 @@ def inventory(layout: FederationLayout) -> Inventory:
     seen: set[tuple[bytes, int]] = set()
     for name, path in _certificate_files(layout):
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError):
+            cert = certificate_or_none(path.read_bytes())
+        except OSError:
+            cert = None
+        if cert is None:
             warnings.append(f"{path} is not a readable certificate")
             continue
         identity = (cert.issuer.public_bytes(), cert.serial_number)
@@ -222,7 +200,7 @@ def inventory(layout: FederationLayout) -> Inventory:
             continue
         seen.add(identity)
         records.append(CertRecord(name, role_of(name), cert.serial_number, cert.not_valid_after_utc, path,
-                                  _issued_by_chain(cert, _chain_for(layout, path)),
+                                  issued_by_chain(cert, _chain_for(layout, path)),
                                   None if revoked is None else cert.serial_number in revoked))
     return Inventory(records, crl_path if crl_path.is_file() else None, warnings)
 
@@ -256,7 +234,6 @@ def _existing_entries(path: Path, ca: CertificateAuthority) -> tuple[list[x509.R
 
 
 def build_crl(ca: CertificateAuthority, entries: list[x509.RevokedCertificate], number: int) -> bytes:
-    signing_key = serialization.load_pem_private_key((ca.ca_dir / SIGNING_KEY).read_bytes(), password=None)
     now = datetime.now(timezone.utc)
     ski = ca.signing_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
@@ -269,7 +246,7 @@ def build_crl(ca: CertificateAuthority, entries: list[x509.RevokedCertificate], 
     )
     for entry in entries:
         builder = builder.add_revoked_certificate(entry)
-    return builder.sign(signing_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM)
+    return ca.sign_crl(builder).public_bytes(serialization.Encoding.PEM)
 
 
 def revoke(layout: FederationLayout, name: str, *, reason: str = "unspecified") -> RevokeResult:
@@ -281,10 +258,10 @@ def revoke(layout: FederationLayout, name: str, *, reason: str = "unspecified") 
         if record_name != name:
             continue
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError):
+            cert = certificate_or_none(path.read_bytes())
+        except OSError:
             continue
-        if issued_by(cert, ca) and cert.serial_number not in serials:
+        if cert is not None and ca.issued(cert) and cert.serial_number not in serials:
             serials.append(cert.serial_number)
     if not serials:
         raise CofeError(f"no certificate of this CA issued to {name!r} is on record here",

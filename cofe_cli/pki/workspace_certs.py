@@ -1,4 +1,4 @@
-"""Where each participant's certificates live inside its OpenFL workspace, and issuing them locally.
+"""Where each participant's certificates live inside its OpenFL workspace, and whether they can be used.
 
 OpenFL reads `cert/cert_chain.crt`, `cert/server/agg_<address>.{crt,key}` and
 `cert/client/col_<name>.{crt,key}`, relative to the workspace (see Plan.get_server_args/get_client_args).
@@ -11,20 +11,12 @@ import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
-
-from cryptography import x509
 
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
-from cofe_cli.pki.authority import (
-    DEFAULT_VALIDITY_DAYS,
-    CertificateAuthority,
-    check_key_matches_cert,
-    check_validity_days,
-    verify_issued_by,
-)
+from cofe_cli.pki.authority import ROOT_KEY, CertificateAuthority
+from cofe_cli.pki.x509 import certificate_or_none, check_key_matches_cert, common_names, verify_issued_by
 
 
 @dataclass(frozen=True)
@@ -48,6 +40,12 @@ def collaborator_cert_paths(workspace: Path, name: str) -> CertPaths:
     return CertPaths(workspace / "cert" / "cert_chain.crt",
                      workspace / "cert" / "client" / f"col_{name}.crt",
                      workspace / "cert" / "client" / f"col_{name}.key")
+
+
+def certificate_name(manifest: Manifest, participant: str) -> str:
+    """The common name of a participant's certificate: the aggregator's address (what clients dial), or
+    the collaborator's name."""
+    return manifest.aggregator_address if participant == AGGREGATOR else participant
 
 
 def participant_cert_paths(layout: FederationLayout, manifest: Manifest, participant: str) -> CertPaths:
@@ -79,8 +77,6 @@ class KeyExposure:
 
 def exposed_private_keys(layout: FederationLayout, manifest: Manifest) -> KeyExposure | None:
     """Every private key in this directory (the CA's, every participant's) open to group or others; None if none is."""
-    from cofe_cli.pki.authority import ROOT_KEY
-
     private = (layout.ca / ROOT_KEY).parent
     candidates = [private, *sorted(private.glob("*"))] if private.is_dir() else []
     candidates += [participant_cert_paths(layout, manifest, participant).key
@@ -110,13 +106,12 @@ def certificate_problem(paths: CertPaths, ca: CertificateAuthority, expected_nam
     words a user can act on; None when it is current. A stale chain file is not a problem of the certificate."""
     if not paths.cert.is_file():
         return f"has a private key ({paths.key}) but no certificate ({paths.cert})"
-    try:
-        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
-    except ValueError:
+    cert = certificate_or_none(paths.cert.read_bytes())
+    if cert is None:
         return f"has a certificate file that is not a PEM certificate ({paths.cert})"
-    if not issued_by(cert, ca):
+    if not ca.issued(cert):
         return f"has a certificate that this federation's CA did not sign (changed, or from another CA: {paths.cert})"
-    names = [str(attribute.value) for attribute in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    names = common_names(cert.subject)
     if names != [expected_name]:
         return f"has a certificate issued to {', '.join(names) or 'no name'}, not to {expected_name} ({paths.cert})"
     now = now or datetime.now(timezone.utc)
@@ -133,67 +128,7 @@ def certificate_problem(paths: CertPaths, ca: CertificateAuthority, expected_nam
     return None
 
 
-def issued_by(cert: x509.Certificate, ca: CertificateAuthority) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca.signing_cert)
-    except Exception:  # wrong issuer name, signature or key type: not ours
-        return False
-    return True
-
-
-def certify_locally(layout: FederationLayout, manifest: Manifest, *, force: bool = False,
-                    validity_days: int = DEFAULT_VALIDITY_DAYS, reissue: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """For a federation run by one party: a CA and every participant's certificate, in one step.
-
-    Returns (participant, action) pairs. Keys are never overwritten without `force` (a new CA and
-    everything) or `reissue` (a new key and certificate for the participants named, from this CA),
-    and a refusal is decided before anything is written; a valid certificate from this CA is kept."""
-    check_validity_days(validity_days)
-    participants = (AGGREGATOR, *manifest.collaborators)
-    reissue = list(dict.fromkeys(reissue))
-    if reissue:
-        if force:
-            raise CofeError("--reissue keeps the CA and --force replaces it: give one of them",
-                            hint="--reissue NAME re-issues NAME's certificate only; --force re-issues everything")
-        unknown = [name for name in reissue if name not in participants]
-        if unknown:
-            raise CofeError(f"cannot re-issue {', '.join(unknown)}: not a participant of this federation "
-                            f"(it has: {', '.join(participants)})", hint="check the spelling")
-        if not CertificateAuthority.exists(layout.ca):
-            raise CofeError(f"{layout.root} has no CA to re-issue from", hint=f"run `cofe certify --dir {layout.root}`")
-    existing = CertificateAuthority.load(layout.ca) if CertificateAuthority.exists(layout.ca) and not force else None
-    actions, to_issue = [("CA", "kept" if existing else "created")], []
-    for participant in participants:
-        paths = participant_cert_paths(layout, manifest, participant)
-        if force or participant in reissue or not paths.key.exists():
-            to_issue.append((participant, paths))
-            continue
-        if existing is None:
-            raise CofeError(f"{participant} already has a private key ({paths.key}) but there is no CA here that "
-                            "could have certified it", hint="pass --force to make a CA and every key and certificate")
-        problem = certificate_problem(paths, existing,
-                                      manifest.aggregator_address if participant == AGGREGATOR else participant)
-        if problem is not None:
-            raise CofeError(f"{participant} {problem}",
-                            hint=f"re-issue {participant}'s key and certificate from this CA, leaving the CA and the "
-                                 f"other participants as they are: `cofe certify --dir {layout.root} --reissue "
-                                 f"{participant}` (--force would replace the CA and every participant's certificate)")
-        if not paths.chain.is_file() or paths.chain.read_bytes() != existing.chain_pem():
-            atomic_write_bytes(paths.chain, existing.chain_pem())
-        actions.append((participant, "kept"))
-    ca = existing or CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
-    chain = ca.chain_pem()
-    for participant, paths in to_issue:
-        replaced = participant in reissue and paths.cert.is_file()
-        if replaced:
-            from cofe_cli.pki.requests import keep_on_record
-
-            keep_on_record(layout, participant, paths.cert.read_bytes(), ca)
-        if participant == AGGREGATOR:
-            issued = ca.issue_server_cert(manifest.aggregator_address, validity_days=validity_days)
-        else:
-            issued = ca.issue_client_cert(participant, validity_days=validity_days)
-        issued.write(paths.cert, paths.key)
-        atomic_write_bytes(paths.chain, chain)
-        actions.append((participant, "re-issued" if participant in reissue else "issued"))
-    return actions
+def refresh_chain(paths: CertPaths, chain_pem: bytes) -> None:
+    """Put the CA's current chain beside a certificate that is kept (written only when it differs)."""
+    if not paths.chain.is_file() or paths.chain.read_bytes() != chain_pem:
+        atomic_write_bytes(paths.chain, chain_pem)

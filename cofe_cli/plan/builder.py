@@ -6,7 +6,6 @@ file means the same federation on every host and its hash identifies it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -170,11 +169,6 @@ def dump_yaml(data: dict) -> str:
 
 # Relative to the aggregator's workspace: the weights OpenFL's aggregator serves in round 0.
 INIT_STATE_PATH = "save/init.pbuf"
-
-
-def plan_hash(plan_yaml: str) -> str:
-    """SHA-384 of the plan file's bytes: what a site reads out to the coordinator."""
-    return hashlib.sha384(plan_yaml.encode("utf-8")).hexdigest()
 
 
 def render_cols(collaborators: list[str]) -> str:

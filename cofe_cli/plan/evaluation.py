@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, file_sha384
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, file_sha384, plan_hash
 from cofe_cli.fsutil import staged_dir
-from cofe_cli.plan.builder import dump_yaml, plan_hash
+from cofe_cli.plan.builder import dump_yaml
 from cofe_cli.plan.data import VALID_CSV, check_data_folder, evaluation_only_data, expectations_of
 from cofe_cli.plan.workspaces import GANDLF_FILE, INIT_MODEL, PLAN_FILE, CollaboratorData, build_federation, \
     collaborator_data_folder

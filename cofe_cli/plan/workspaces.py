@@ -12,11 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import AGGREGATOR, PLAN_FILE, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_text
 from cofe_cli.plan.builder import INIT_STATE_PATH, dump_yaml, render_cols, render_data_config
 
-PLAN_FILE = "plan.yaml"
 COLS_FILE = "cols.yaml"
 GANDLF_FILE = "gandlf_config.yaml"
 INIT_MODEL = Path(INIT_STATE_PATH).name  # plans/init.pbuf, copied to the aggregator's save/

@@ -32,7 +32,7 @@ from unit_federation import gandlf_config, write_federation
 from volumes import write_volume
 
 from cofe_cli.app import app, main
-from cofe_cli.pki.workspace_certs import certify_locally
+from cofe_cli.pki.local_issuing import certify_locally
 from cofe_cli.plan.workspaces import CollaboratorData
 
 HEAVY = ("torch", "GANDLF", "openfl")

@@ -34,7 +34,7 @@ from cofe_cli.doctor.result import FAIL, PASS, SKIP
 from cofe_cli.doctor.runner import run_checks
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.pki import CertificateAuthority
-from cofe_cli.pki.workspace_certs import certify_locally
+from cofe_cli.pki.local_issuing import certify_locally
 from cofe_cli.plan.workspaces import CollaboratorData
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from cofe_cli.demo.synthetic import demo_gandlf_config
-from cofe_cli.federation import FederationLayout
-from cofe_cli.plan.builder import PlanOptions, build_plan, dump_yaml, plan_hash
+from cofe_cli.federation import FederationLayout, plan_hash
+from cofe_cli.plan.builder import PlanOptions, build_plan, dump_yaml
 from cofe_cli.plan.gandlf_config import normalise_gandlf_config
 
 REPO = Path(__file__).resolve().parents[2]

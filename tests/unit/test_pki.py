@@ -25,6 +25,21 @@ from cofe_cli.pki import (
     make_private_key_and_csr,
     verify_issued_by,
 )
+from cofe_cli.pki.x509 import (
+    certificate_or_none,
+    chain_root,
+    chain_root_fingerprint,
+    chain_signers,
+    common_name,
+    common_names,
+    directly_issued,
+    issued_by_chain,
+    parse_certificate,
+    parse_chain,
+    parse_private_key,
+    same_host,
+    san_names,
+)
 
 CA_FILES = ("root-ca.crt", "signing-ca.crt", "cert_chain.crt", "private/root-ca.key", "private/signing-ca.key")
 
@@ -235,6 +250,55 @@ def test_root_fingerprint_format(ca):
     fingerprint = ca.root_fingerprint()
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", fingerprint)
     assert fingerprint.replace(":", "").lower() == ca.root_cert.fingerprint(hashes.SHA256()).hex()
+
+
+def test_x509_names_of_a_certificate(server):
+    cert = _cert(server.cert_pem)
+    assert common_name(cert.subject) == "localhost" and common_names(cert.subject) == ["localhost"]
+    assert common_name(cert.issuer) == "cofe Signing CA"
+    assert san_names(cert.extensions) == ["localhost", "agg.example.org", "10.1.2.3", "127.0.0.1", "::1"]
+    assert common_name(x509.Name([])) == "" and common_names(x509.Name([])) == []
+
+
+def test_x509_chain_root_and_signers(ca, other_ca):
+    assert chain_root(ca.chain_pem()) == ca.root_cert
+    assert chain_root_fingerprint(ca.chain_pem()) == ca.root_fingerprint()
+    assert chain_signers(ca.chain_pem()) == [ca.signing_cert]
+    root_only = ca.root_cert.public_bytes(serialization.Encoding.PEM)
+    assert chain_signers(root_only) == [ca.root_cert]  # the root signs when it is alone
+    with pytest.raises(CofeError, match="holds 2 root certificates, not 1"):
+        chain_root(ca.chain_pem() + other_ca.chain_pem())
+    with pytest.raises(CofeError, match="the CA chain is not PEM certificates"):
+        parse_chain(b"not a chain")
+
+
+def test_x509_who_issued_a_certificate(ca, other_ca, server, foreign_client):
+    cert, foreign = _cert(server.cert_pem), _cert(foreign_client.cert_pem)
+    assert directly_issued(cert, ca.signing_cert) and ca.issued(cert)
+    assert not directly_issued(cert, ca.root_cert)  # the root signed the signing CA, not the leaf
+    assert not directly_issued(foreign, ca.signing_cert) and not ca.issued(foreign)
+    assert directly_issued(ca.signing_cert, ca.root_cert)
+    assert issued_by_chain(cert, ca.chain_pem()) and not issued_by_chain(cert, other_ca.chain_pem())
+    assert not issued_by_chain(cert, None) and not issued_by_chain(cert, b"damaged")
+
+
+def test_x509_unreadable_input(server):
+    assert certificate_or_none(b"garbage") is None
+    assert certificate_or_none(server.cert_pem).serial_number == _cert(server.cert_pem).serial_number
+    with pytest.raises(CofeError, match="cert.pem is not a PEM certificate"):
+        parse_certificate(b"garbage", "cert.pem")
+    with pytest.raises(CofeError, match="the private key is not an unencrypted PEM private key"):
+        parse_private_key(server.cert_pem)
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("Agg.Example.org.", "agg.example.org", True),
+    ("::1", "0:0:0:0:0:0:0:1", True),
+    ("10.0.0.1", "10.0.0.2", False),
+    ("localhost", "127.0.0.1", False),  # a name is not resolved
+])
+def test_x509_same_host(a, b, same):
+    assert same_host(a, b) is same
 
 
 def test_default_validity_is_at_least_three_years(ca, server):

@@ -11,14 +11,13 @@ import yaml
 
 import cofe_cli
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, plan_hash
 from cofe_cli.plan.builder import (
     ALGORITHMS,
     PlanOptions,
     build_plan,
     check_plan_options,
     dump_yaml,
-    plan_hash,
     render_cols,
     render_data_config,
 )

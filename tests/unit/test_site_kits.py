@@ -26,9 +26,8 @@ from cli_assertions import ok, refused
 from unit_federation import gandlf_config, write_federation
 from volumes import write_volume
 
-from cofe_cli.federation import AGGREGATOR, FederationLayout, federation_fingerprint
+from cofe_cli.federation import AGGREGATOR, FederationLayout, federation_fingerprint, plan_hash
 from cofe_cli.pki import CertificateAuthority
-from cofe_cli.plan.builder import plan_hash
 from cofe_cli.plan.workspaces import CollaboratorData, collaborator_data_folder
 
 COLLABORATORS = ("hospital_a", "hospital_b")

@@ -24,12 +24,8 @@ from unit_federation import EXPIRED, expired_copy
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.pki import CertificateAuthority, check_key_matches_cert, describe_certificate, verify_issued_by
-from cofe_cli.pki.workspace_certs import (
-    aggregator_cert_paths,
-    certify_locally,
-    participant_cert_paths,
-    require_certificates,
-)
+from cofe_cli.pki.local_issuing import certify_locally
+from cofe_cli.pki.workspace_certs import aggregator_cert_paths, participant_cert_paths, require_certificates
 
 COLLABORATORS = ("hospital_a", "hospital_b")
 ADDRESS = "localhost"

@@ -11,10 +11,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, plan_hash
 from cofe_cli.pki import CertificateAuthority
 from cofe_cli.pki.workspace_certs import CertPaths
-from cofe_cli.plan.builder import INIT_STATE_PATH, PlanOptions, build_plan, dump_yaml, plan_hash
+from cofe_cli.plan.builder import INIT_STATE_PATH, PlanOptions, build_plan, dump_yaml
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation
 
 INIT_MODEL_BYTES = b"\x08\x01initial-model-bytes"

@@ -11,7 +11,7 @@
 
 kit.json: {"format": "cofe-site-kit", "version": 1, "federation": NAME, "participant": "hospital_a",
 "role": "collaborator" | "aggregator", "aggregator": {"address", "port"}, "plan_sha384": HEX (what
-`cofe_cli.plan.builder.plan_hash` gives for plans/plan.yaml, and federation.yaml's plan_sha384),
+`cofe_cli.federation.plan_hash` gives for plans/plan.yaml, and federation.yaml's plan_sha384),
 "root_fingerprint": "AB:CD:..." (SHA-256 of the chain's root), "data_template": {"problem_type",
 "columns"} (collaborators), "created", "cofe_version", "files": {member: sha256 hex} for every member
 but kit.json}.
@@ -41,27 +41,34 @@ from typing import Iterator
 import yaml
 
 from cofe_cli import __version__
-from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, check_initial_model
-from cofe_cli.fsutil import atomic_write_bytes
-from cofe_cli.locks import federation_locked
-from cofe_cli.pki.authority import CertificateAuthority
-from cofe_cli.pki.requests import (
+from cofe_cli.archive import (
     FORMAT_VERSION,
     ArchiveSpec,
     StreamedMember,
-    chain_root_fingerprint,
-    check_plan_unchanged,
     group_hex,
     json_bytes,
     load_json_member,
     now_iso,
     read_archive,
-    role_of,
     write_archive,
 )
+from cofe_cli.errors import CofeError
+from cofe_cli.federation import (
+    AGGREGATOR,
+    FederationLayout,
+    Manifest,
+    check_collaborator_name,
+    check_initial_model,
+    check_plan_unchanged,
+    plan_hash,
+    role_of,
+)
+from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.locks import federation_locked
+from cofe_cli.pki.authority import CertificateAuthority
 from cofe_cli.pki.workspace_certs import participant_cert_paths
-from cofe_cli.plan.builder import INIT_STATE_PATH, plan_hash
+from cofe_cli.pki.x509 import chain_root_fingerprint
+from cofe_cli.plan.builder import INIT_STATE_PATH
 from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, check_site_data, problem_type_of
 from cofe_cli.plan.workspaces import COLS_FILE, GANDLF_FILE, INIT_MODEL, PLAN_FILE, collaborator_data_folder, write_workspace
 
