@@ -66,6 +66,22 @@ def file_sha384(path: Path) -> str:
     return digest.hexdigest()
 
 
+def parse_site_arguments(values: list[str]) -> list[tuple[str, Path | None]]:
+    """`--collaborator NAME[=DATA]` values: each name checked and given once, DATA (when given) not empty."""
+    parsed, seen = [], set()
+    for value in values:
+        name, sep, data = value.partition("=")
+        name = check_collaborator_name(name.strip())
+        if name in seen:
+            raise CofeError(f"collaborator {name!r} is given twice", hint="give every site one --collaborator with its own name")
+        seen.add(name)
+        if sep and not data.strip():
+            raise CofeError(f"collaborator {name!r} has an empty data path",
+                            hint=f"write {name}=/path/to/data, or just {name} if the site gives its data itself")
+        parsed.append((name, Path(data.strip()).expanduser() if sep else None))
+    return parsed
+
+
 @dataclass(frozen=True)
 class FederationLayout:
     root: Path

@@ -15,7 +15,7 @@ from rich.markup import escape
 from cofe_cli import __version__
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, file_sha384, plan_hash
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import writing_into
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml
@@ -46,17 +46,7 @@ class InitRequest:
 def parse_collaborator_args(values: list[str]) -> list[tuple[str, Path | None]]:
     if not values:
         raise CofeError("no collaborators given", hint="add --collaborator NAME=DATA for every site (at least one)")
-    parsed, seen = [], set()
-    for value in values:
-        name, sep, data = value.partition("=")
-        name = check_collaborator_name(name.strip())
-        if name in seen:
-            raise CofeError(f"collaborator {name!r} is given twice", hint="give every site one --collaborator with its own name")
-        seen.add(name)
-        if sep and not data.strip():
-            raise CofeError(f"collaborator {name!r} has an empty data path", hint=f"write {name}=/path/to/data, or just {name} if the site gives its data itself")
-        parsed.append((name, Path(data.strip()).expanduser() if sep else None))
-    return parsed
+    return parse_site_arguments(values)
 
 
 def _installed(package: str) -> str:

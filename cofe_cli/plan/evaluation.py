@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_collaborator_name, file_sha384, plan_hash
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staged_dir
 from cofe_cli.plan.builder import dump_yaml
 from cofe_cli.plan.data import VALID_CSV, check_data_folder, evaluation_only_data, expectations_of
@@ -63,22 +63,15 @@ def parse_sites(layout: FederationLayout, manifest: Manifest, values: list[str] 
             raise CofeError("no site's data is known here to evaluate on",
                             hint="give --collaborator NAME=DATA (a folder with valid.csv, or one CSV) for each site")
         return known
-    parsed, seen = [], set()
-    for value in values:
-        name, sep, data = value.partition("=")
-        name = check_collaborator_name(name.strip())
-        if name in seen:
-            raise CofeError(f"collaborator {name!r} is given twice", hint="give every site once")
-        seen.add(name)
-        if sep and not data.strip():
-            raise CofeError(f"collaborator {name!r} has an empty data path", hint=f"write {name}=/path/to/data")
-        if not sep and name not in manifest.collaborators:
+    parsed = []
+    for name, data in parse_site_arguments(values):
+        if data is None and name not in manifest.collaborators:
             raise CofeError(f"{name!r} did not train in this federation, so its data is unknown here",
                             hint=f"give its data: --collaborator {name}=FOLDER_OR_CSV")
-        if not sep and collaborator_data_folder(layout, name) is None:
+        if data is None and collaborator_data_folder(layout, name) is None:
             raise CofeError(f"{name}'s data is not known on this machine",
                             hint=f"give it: --collaborator {name}=FOLDER_OR_CSV")
-        parsed.append((name, Path(data.strip()).expanduser().resolve() if sep else None))
+        parsed.append((name, data.resolve() if data else None))
     return parsed
 
 
