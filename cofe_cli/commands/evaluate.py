@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import typer
-import yaml
 
 from cofe_cli.commands import launch_options as options
 from cofe_cli.console import console
@@ -15,7 +14,6 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.launch.factory import check_timeout, container_options_of, slurm_options_of
 from cofe_cli.locks import federation_locked
-from cofe_cli.plan.workspaces import GANDLF_FILE
 
 MODELS = {"best": "save/best.pbuf", "final": "save/last.pbuf"}
 
@@ -48,7 +46,7 @@ def evaluate(
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     source = _model_file(layout, model)
-    sites = parse_sites(layout, manifest, collaborator, yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) or {})
+    sites = parse_sites(layout, manifest, collaborator)
     # The trained federation stays as it is, but nothing may train in it (or use its port) meanwhile; the
     # evaluation's own participants are launched under its lock, as `cofe run` launches a federation's.
     with federation_locked(layout):

@@ -14,7 +14,7 @@ from cofe_cli.console import console
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 
 export_app = typer.Typer(
-    help="Write a site kit: the plan and CA chain one participant needs on its own machine (never a private key).",
+    help="Write what leaves the coordinator: a site kit (the plan and CA chain one participant needs, never a private key), or the trained model (`cofe export model`).",
     no_args_is_help=True,
 )
 

@@ -20,7 +20,7 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staged_dir
 from cofe_cli.plan.builder import dump_yaml
-from cofe_cli.plan.data import VALID_CSV, check_data_folder, evaluation_only_data, expectations_of
+from cofe_cli.plan.data import check_data_folder, evaluation_only_data, expectations_of
 from cofe_cli.plan.workspaces import GANDLF_FILE, INIT_MODEL, PLAN_FILE, CollaboratorData, build_federation, \
     collaborator_data_folder
 
@@ -53,8 +53,7 @@ def evaluation_plan(training_plan: dict) -> dict:
     return plan
 
 
-def parse_sites(layout: FederationLayout, manifest: Manifest, values: list[str] | None,
-                gandlf_config: dict) -> list[tuple[str, Path | None]]:
+def parse_sites(layout: FederationLayout, manifest: Manifest, values: list[str] | None) -> list[tuple[str, Path | None]]:
     """`--collaborator NAME[=DATA]`: a training site by name (its own data, or DATA instead) or a new
     site with DATA. Without any, every training site whose data this machine knows."""
     if not values:
@@ -79,7 +78,7 @@ def build_evaluation(layout: FederationLayout, manifest: Manifest, sites: list[t
                      model_pbuf: Path) -> tuple[FederationLayout, Manifest, list[EvaluationSite]]:
     """Write FED/evaluation/ (plans, workspaces, the new sites' data, every participant's certificate)."""
     from cofe_cli.pki.authority import CertificateAuthority
-    from cofe_cli.pki.workspace_certs import collaborator_cert_paths, participant_cert_paths
+    from cofe_cli.pki.workspace_certs import collaborator_cert_paths, participant_cert_paths, refresh_chain
 
     gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) or {}
     expected = expectations_of(gandlf_config)
@@ -118,15 +117,7 @@ def build_evaluation(layout: FederationLayout, manifest: Manifest, sites: list[t
         if new_sites:
             ca = CertificateAuthority.load(layout.ca)
             for name in new_sites:
-                ca.issue_client_cert(name).write(*_cert_and_key(collaborator_cert_paths(stage.workspace(name), name)))
-                shutil.copyfile(participant_cert_paths(layout, manifest, AGGREGATOR).chain,
-                                stage.workspace(name) / "cert" / "cert_chain.crt")
+                paths = collaborator_cert_paths(stage.workspace(name), name)
+                ca.issue_client_cert(name).write(paths.cert, paths.key)
+                refresh_chain(paths, ca.chain_pem())
     return evaluation, eval_manifest, chosen
-
-
-def _cert_and_key(paths) -> tuple[Path, Path]:
-    return paths.cert, paths.key
-
-
-def count_subjects(site: EvaluationSite) -> int:
-    return site.subjects if site.subjects else len((site.data_folder / VALID_CSV).read_text().splitlines()) - 1
