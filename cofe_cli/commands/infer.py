@@ -10,11 +10,12 @@ import yaml
 from rich.markup import escape
 
 from cofe_cli.console import console
+from cofe_cli.engine.gandlf_model import BEST_SUFFIX, CONFIG_FILE, LATEST_SUFFIX, MODEL_DIR  # names only: no torch
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
 from cofe_cli.fsutil import staged_dir
 
-CHECKPOINTS = {"best": "_best.pth.tar", "final": "_latest.pth.tar"}
+CHECKPOINTS = {"best": BEST_SUFFIX, "final": LATEST_SUFFIX}
 NORMS = ("input", "running")
 
 
@@ -31,8 +32,8 @@ def infer(
 
     layout = FederationLayout(dir)
     layout.load_manifest()
-    model_dir = layout.results / "gandlf_model"
-    config_file = model_dir / "config.yaml"
+    model_dir = layout.results / MODEL_DIR
+    config_file = model_dir / CONFIG_FILE
     if not config_file.is_file():
         raise CofeError(f"{layout.root} has no trained model yet ({model_dir} is missing)",
                         hint=f"train the federation first: `cofe run --dir {layout.root}`")

@@ -14,15 +14,13 @@ import yaml
 
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
+from cofe_cli.engine.gandlf_model import BEST_SUFFIX, CONFIG_FILE, LATEST_SUFFIX, MODEL_DIR  # names only: no torch
 from cofe_cli.fsutil import staged_dir
+from cofe_cli.launch.report import EVALUATION_FILE, METRICS_FILE
 from cofe_cli.model_export.card import model_card, read_csv_rows
 
-# The names of cofe_cli/engine/gandlf_model.py, repeated as plain strings: this module stays torch-free.
-MODEL_DIR = "gandlf_model"
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_SUFFIXES = ("_best.pth.tar", "_latest.pth.tar")
+CHECKPOINT_SUFFIXES = (BEST_SUFFIX, LATEST_SUFFIX)
 PROVENANCE_FILE = "cofe_provenance.json"
-EVALUATION_FILE = "evaluation.csv"
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,6 @@ def package_for_hub(layout: FederationLayout, out: Path, *, force: bool = False,
             from cofe_cli.engine.gandlf_model import export_onnx
 
             export_onnx(stage / checkpoints[0], stage / CONFIG_FILE, stage)
-        files = sorted(p.name for p in stage.iterdir()) + ["README.md"]
         provenance = {
             "federation": manifest.name, "plan_sha384": manifest.plan_sha384, "rounds": manifest.rounds,
             "algorithm": manifest.algorithm, "sites": len(manifest.collaborators),
@@ -71,9 +68,9 @@ def package_for_hub(layout: FederationLayout, out: Path, *, force: bool = False,
             "differential_privacy": None, "secure_aggregation": False,
         }
         (stage / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-        files = sorted({*files, PROVENANCE_FILE})
+        files = sorted([*(p.name for p in stage.iterdir()), "README.md"])
         card = model_card(manifest=manifest, gandlf_config=gandlf_config,
-                          metrics_rows=read_csv_rows(layout.results / "metrics.csv"),
+                          metrics_rows=read_csv_rows(layout.results / METRICS_FILE),
                           evaluation_rows=read_csv_rows(layout.results / EVALUATION_FILE), files=files,
                           name_sites=name_sites)
         (stage / "README.md").write_text(card)
