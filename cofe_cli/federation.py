@@ -17,10 +17,7 @@ from pathlib import Path
 import yaml
 
 from cofe_cli.errors import CofeError
-
-AGGREGATOR = "aggregator"
-ROLE_AGGREGATOR = "aggregator"
-ROLE_COLLABORATOR = "collaborator"
+from cofe_cli.participant import AGGREGATOR, Participant, is_aggregator
 PLAN_FILE = "plan.yaml"  # the OpenFL plan, in plans/ and in every workspace's plan/
 # OpenFL lowercases collaborator names in cols.yaml and certificates, and then fails to find
 # `site_A`; accepting only lowercase names keeps the name a user types the one OpenFL uses.
@@ -41,10 +38,6 @@ def check_collaborator_name(name: str) -> str:
             hint=f"use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit, e.g. {suggestion!r}",
         )
     return name
-
-
-def role_of(name: str) -> str:
-    return ROLE_AGGREGATOR if name == AGGREGATOR else ROLE_COLLABORATOR
 
 
 def plan_hash(plan_yaml: str) -> str:
@@ -111,6 +104,18 @@ class FederationLayout:
 
     def workspace(self, participant: str) -> Path:
         return self.workspaces / participant
+
+    def participant(self, name: str, manifest: "Manifest | None" = None) -> Participant:
+        """`name`'s workspace, paths and start command; the manifest gives the aggregator's certificate name."""
+        return Participant(name=name, root=self.root, workspace=self.workspace(name),
+                           aggregator_address=manifest.aggregator_address if manifest else None)
+
+    def aggregator(self, manifest: "Manifest | None" = None) -> Participant:
+        return self.participant(AGGREGATOR, manifest)
+
+    def participants(self, manifest: "Manifest") -> list[Participant]:
+        """The aggregator first, then every collaborator of the plan."""
+        return [self.participant(name, manifest) for name in manifest.participant_names()]
 
     def is_initialised(self) -> bool:
         return self.manifest_file.is_file()
@@ -181,6 +186,10 @@ class Manifest:
                                  "kept) and export the kits again")
         return self.init_model_sha384.lower()
 
+    def participant_names(self) -> tuple[str, ...]:
+        """The aggregator, then the collaborators in the plan's order."""
+        return (AGGREGATOR, *self.collaborators)
+
     def require_collaborator(self, name: str) -> None:
         if name not in self.collaborators:
             raise CofeError(
@@ -217,9 +226,9 @@ def check_plan_unchanged(layout: FederationLayout, manifest: Manifest) -> None:
 
 def local_participant(layout: FederationLayout, manifest: Manifest, name: str | None) -> str:
     """The participant whose workspace is in this directory: `name`, or the only one there."""
-    known = (AGGREGATOR, *manifest.collaborators)
+    known = manifest.participant_names()
     if name is not None:
-        if name != AGGREGATOR:
+        if not is_aggregator(name):
             check_collaborator_name(name)
             manifest.require_collaborator(name)
         if not layout.workspace(name).is_dir():

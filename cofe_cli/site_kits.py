@@ -61,10 +61,10 @@ from cofe_cli.federation import (
     check_initial_model,
     check_plan_unchanged,
     plan_hash,
-    role_of,
 )
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.locks import federation_locked
+from cofe_cli.participant import role_of
 from cofe_cli.pki.authority import CertificateAuthority
 from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.pki.x509 import chain_root_fingerprint

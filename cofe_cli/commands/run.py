@@ -11,7 +11,7 @@ from cofe_cli.commands import launch_options as options
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.events import read_events
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout, Manifest
 from cofe_cli.locks import federation_locked
 from cofe_cli.launch.factory import ContainerOptions, check_timeout, container_options_of, slurm_options_of
 from cofe_cli.pki.local_issuing import certify_locally
@@ -31,8 +31,7 @@ def prepare(layout: FederationLayout, request: InitRequest | None) -> Manifest:
     elif request is not None:
         console.print(f"Using the federation already in {layout.root} (`cofe init --force` replaces it).")
     manifest = layout.load_manifest()
-    participants = (AGGREGATOR, *manifest.collaborators)
-    if not all(participant_cert_paths(layout, manifest, p).present() for p in participants):
+    if not all(participant_cert_paths(layout, manifest, p).present() for p in manifest.participant_names()):
         certify_locally(layout, manifest)
         console.print("Certificates issued from this federation's own CA (one party runs every participant).")
     return manifest
@@ -51,7 +50,7 @@ def _run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bo
     from cofe_cli.launch.report import summary_table, write_results
     from cofe_cli.launch.supervisor import supervise
 
-    events = layout.workspace(AGGREGATOR) / "logs" / "events.jsonl"
+    events = layout.aggregator().events_file
     if not restart and any(e.get("event") == "finished" for e in read_events(events)):
         raise CofeError(f"this federation already finished all {manifest.rounds} rounds (results in {layout.results})",
                         hint="pass --restart to train again from round 0")

@@ -16,6 +16,7 @@ from cofe_cli.console import console, print_error, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_initial_model
 from cofe_cli.locks import participant_locked
+from cofe_cli.participant import Participant
 from cofe_cli.pki.workspace_certs import require_certificates
 from cofe_cli.plan.builder import check_device
 from cofe_cli.plan.data import check_site_data
@@ -27,15 +28,10 @@ app = typer.Typer(help="Run one participant of a federation (aggregator or colla
 _DIR = typer.Option(Path("."), "--dir", "-d", help="Federation (or site) directory.")
 _CONTAINER = typer.Option(False, "--container", help="Run it in a container of cofe's image (see `cofe image build`).")
 _IMAGE = typer.Option(None, "--image", help="With --container: the image to run (default: cofe:VERSION).")
-# State an aggregator keeps between starts; cleared by --restart.
-AGGREGATOR_STATE = ("local_state", "save/best.pbuf", "save/last.pbuf", "save/best.pt", "save/last.pt", "save/gandlf_model",
-                    "logs/events.jsonl")
 
 
 def clear_aggregator_state(layout: FederationLayout) -> None:
-    workspace = layout.workspace(AGGREGATOR)
-    for relative in AGGREGATOR_STATE:
-        path = workspace / relative
+    for path in layout.aggregator().restart_state():
         if path.is_dir():
             shutil.rmtree(path)
             path.mkdir()
@@ -56,7 +52,8 @@ def aggregator(
     manifest = layout.load_manifest()
     require_certificates(layout, manifest, AGGREGATOR)
     warn_exposed_private_keys(layout, manifest)
-    check_initial_model(aggregator_init_model(layout.workspace(AGGREGATOR)), manifest)
+    this = layout.aggregator(manifest)
+    check_initial_model(aggregator_init_model(this.workspace), manifest)
     with participant_locked(layout, AGGREGATOR):
         # Before OpenFL is loaded and parses the plan: a taken port is the likeliest reason not to start.
         check_port_free(manifest.aggregator_port)
@@ -64,7 +61,7 @@ def aggregator(
             clear_aggregator_state(layout)
         if container:
             _run_in_container(layout, manifest, AGGREGATOR, image=image)
-        _run_participant(layout.workspace(AGGREGATOR), AGGREGATOR, lambda engine, ws: engine.serve_aggregator(ws))
+        _run_participant(this, lambda engine, ws: engine.serve_aggregator(ws))
 
 
 @app.command("collaborator")
@@ -92,7 +89,7 @@ def collaborator(
         prepare_collaborator_data(layout, name, data)
         if container:
             _run_in_container(layout, manifest, name, image=image, gpus=gpus, device=device)
-        _run_participant(layout.workspace(name), name, lambda engine, ws: engine.run_collaborator(ws, name, device=device))
+        _run_participant(layout.participant(name, manifest), lambda engine, ws: engine.run_collaborator(ws, name, device=device))
 
 
 def _image_needs_container(image: str | None, container: bool) -> None:
@@ -119,9 +116,11 @@ def _run_in_container(layout: FederationLayout, manifest: Manifest, participant:
     from cofe_cli.launch.docker_engine import DEFAULT_IMAGE
 
     image = image or DEFAULT_IMAGE
+    # The aggregator's port is published: collaborators outside this engine dial it on this host.
+    publish = layout.participant(participant).is_aggregator
     launcher = ContainerFederation(layout, manifest, image=image, participants=[participant], gpus=gpus, device=device,
-                                   publish_port=participant == AGGREGATOR, echo=True)
-    where = f", port {manifest.aggregator_port} published on this host" if participant == AGGREGATOR else ""
+                                   publish_port=publish, echo=True)
+    where = f", port {manifest.aggregator_port} published on this host" if publish else ""
     console.print(f"Starting {participant} in a container of {image}{where}...")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     code = 130
@@ -142,10 +141,11 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _run_participant(workspace: Path, participant: str, body) -> None:
+def _run_participant(this: Participant, body) -> None:
     from cofe_cli.engine import participant as engine
 
-    engine.enter_workspace(workspace, participant)
+    engine.enter_workspace(this)
+    workspace, participant = this.workspace, this.name
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a launcher's stop is a Ctrl-C
     log = logging.getLogger("cofe")
     try:
@@ -159,7 +159,7 @@ def _run_participant(workspace: Path, participant: str, body) -> None:
         _exit(error.exit_code)
     except Exception as exc:
         log.exception("%s failed", participant, extra={engine.FILE_ONLY: True})
-        print_error(f"{participant} failed: {type(exc).__name__}: {exc}", f"full log: {workspace / 'logs' / (participant + '.log')}")
+        print_error(f"{participant} failed: {type(exc).__name__}: {exc}", f"full log: {this.log_file}")
         _exit(1)
     console.print(f"[green]{participant} finished[/]")
     _exit(0)

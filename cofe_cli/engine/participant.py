@@ -14,14 +14,13 @@ import os
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
+from cofe_cli.participant import LOG_CAPTURED_ENV, Participant
 
 PLAN = Path("plan/plan.yaml")
 COLS = Path("plan/cols.yaml")
 DATA = Path("plan/data.yaml")
 logger = logging.getLogger("cofe")
 
-
-LOG_CAPTURED_ENV = "COFE_LOG_CAPTURED"
 # OpenFL logs the whole plan (~140 lines, with rich markup) each time it parses one.
 PLAN_LOGGER = "openfl.federated.plan.plan"
 # Set in a record's `extra` for what belongs in the log file only (a traceback the console sums up in one line).
@@ -35,20 +34,19 @@ class _ConsoleFilter(logging.Filter):
         return record.name != PLAN_LOGGER and not getattr(record, FILE_ONLY, False)
 
 
-def enter_workspace(workspace: Path, log_name: str) -> None:
+def enter_workspace(participant: Participant) -> None:
     """Make the process belong to its workspace: OpenFL resolves plan, cert and save paths from the
     working directory, and OpenFL/GaNDLF drop temp files and ~/.gandlf logs that must not leak."""
-    workspace = Path(workspace).resolve()
-    for sub in ("logs", ".tmp", ".home"):
-        (workspace / sub).mkdir(exist_ok=True)
-    os.chdir(workspace)
-    os.environ["TMPDIR"] = str(workspace / ".tmp")
-    os.environ["HOME"] = str(workspace / ".home")
+    for folder in (participant.logs_dir, participant.tmp_dir, participant.home_dir):
+        folder.mkdir(exist_ok=True)
+    os.chdir(participant.workspace)
+    os.environ["TMPDIR"] = str(participant.tmp_dir)
+    os.environ["HOME"] = str(participant.home_dir)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if not os.environ.get(LOG_CAPTURED_ENV):  # else a launcher already writes our stderr to this file
         handlers[0].addFilter(_ConsoleFilter())
-        handlers.append(logging.FileHandler(workspace / "logs" / f"{log_name}.log"))
+        handlers.append(logging.FileHandler(participant.log_file))
         # gRPC's C core writes its errors straight to stderr; cofe says what went wrong in its own words.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")

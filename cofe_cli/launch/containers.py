@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout, Manifest
 from cofe_cli.locks import launched_env
+from cofe_cli.participant import is_aggregator
 from cofe_cli.launch.supervisor import ParticipantState, tail_lines
 from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, classify_columns
 from cofe_cli.plan.workspaces import collaborator_data_folder
@@ -146,10 +147,7 @@ def gpu_request(value: str | None) -> dict | None:
 
 def participant_command(layout: FederationLayout, participant: str, *, restart: bool = False, device: str | None = None) -> list[str]:
     """What the container runs (after the image's `cofe` entrypoint): the same `cofe start` as on a host."""
-    root = str(layout.root)
-    if participant == AGGREGATOR:
-        return ["start", "aggregator", "--dir", root] + (["--restart"] if restart else [])
-    return ["start", "collaborator", participant, "--dir", root] + (["--device", device] if device else [])
+    return layout.participant(participant).start_command(restart=restart, device=device)
 
 
 # --- mounts ---------------------------------------------------------------------------------------
@@ -206,23 +204,17 @@ def data_mounts(data_folder: Path | None) -> list[Mount]:
 
 
 def participant_mounts(layout: FederationLayout, participant: str, data_folder: Path | None = None) -> list[Mount]:
-    workspace = layout.workspace(participant)
+    this = layout.participant(participant)
     mounts = [
         Mount(layout.plans, layout.plans, True),
-        Mount(workspace, workspace, False),
-        Mount(workspace / "plan", workspace / "plan", True),
-        Mount(workspace / "cert", workspace / "cert", True),
+        Mount(this.workspace, this.workspace, False),
+        Mount(this.plan_dir, this.plan_dir, True),
+        Mount(this.cert_dir, this.cert_dir, True),
     ]
-    if participant != AGGREGATOR:
+    if not this.is_aggregator:
         mounts += data_mounts(data_folder)
     # Engines mount parents before children when sorted like this; keep the order explicit anyway.
     return sorted(mounts, key=lambda m: (len(m.target.parts), str(m.target)))
-
-
-def output_folders(layout: FederationLayout, participant: str) -> list[Path]:
-    """What a participant writes, created here so the bind mounts exist and belong to the right user."""
-    workspace = layout.workspace(participant)
-    return [workspace / sub for sub in ("logs", "save", "local_state", ".tmp", ".home")]
 
 
 def grant_to(workspace: Path, uid: int, gid: int) -> None:
@@ -281,7 +273,7 @@ class ContainerFederation:
         self.layout = layout
         self.manifest = manifest
         self.image = image
-        self._participants = list(participants or [AGGREGATOR, *manifest.collaborators])
+        self._participants = list(participants or manifest.participant_names())
         self.gpus = gpu_request(gpus)
         # With GPUs passed through, the collaborator trains on them; the plan (and its hash) stays as it is.
         self.device = device or ("cuda" if self.gpus else None)
@@ -289,7 +281,7 @@ class ContainerFederation:
         self.publish_port = publish_port
         self.echo = echo
         check_aggregator_address(manifest.aggregator_address, whole_federation=participants is None,
-                                 runs_aggregator=AGGREGATOR in self._participants)
+                                 runs_aggregator=any(is_aggregator(name) for name in self._participants))
         self.client = client or connect()
         self._image = require_image(self.client, image)
         self._image_uid, self._image_gid = image_user(self._image)
@@ -339,21 +331,17 @@ class ContainerFederation:
         uid = os.getuid()
         return None if uid == 0 else f"{uid}:{os.getgid()}"
 
-    def _threads(self, name: str) -> int:
-        # As in process mode: the collaborators share this machine's cores; one thread each otherwise
-        # oversubscribes the CPU and slows every round several times.
-        local = [p for p in self._participants if p != AGGREGATOR] or [name]
-        return 1 if name == AGGREGATOR else max(1, (os.cpu_count() or 1) // len(local))
-
     def _start_one(self, name: str) -> None:
         import docker
 
-        workspace = self.layout.workspace(name)
-        for folder in output_folders(self.layout, name):
+        participant = self.layout.participant(name)
+        workspace = participant.workspace
+        # Created here so the bind mounts exist and belong to the right user.
+        for folder in participant.output_dirs():
             folder.mkdir(parents=True, exist_ok=True)
         if os.getuid() == 0:
             grant_to(workspace, self._image_uid, self._image_gid)
-        data = collaborator_data_folder(self.layout, name) if name != AGGREGATOR else None
+        data = None if participant.is_aggregator else collaborator_data_folder(self.layout, name)
         planned = participant_mounts(self.layout, name, data)
         if os.getuid() == 0:
             open_to_others(self.layout.plans)
@@ -363,31 +351,32 @@ class ContainerFederation:
         container_id = container_name(self.layout, name)
         self._remove_stale(container_id)
         port = self.manifest.aggregator_port
-        publish = name == AGGREGATOR and self.publish_port
+        publish = participant.is_aggregator and self.publish_port
         api = self.client.api
         host_config = api.create_host_config(
             mounts=mounts, network_mode=self._network.id, init=True,
             port_bindings={port: port} if publish else None,
-            device_requests=[docker.types.DeviceRequest(**self.gpus)] if self.gpus and name != AGGREGATOR else None,
+            device_requests=[docker.types.DeviceRequest(**self.gpus)] if self.gpus and not participant.is_aggregator else None,
             # Rootless Podman maps the host user to root inside unless told to keep it.
             userns_mode="keep-id" if self._podman and os.getuid() != 0 else None,
         )
-        aliases = aggregator_aliases(self.manifest.aggregator_address) if name == AGGREGATOR else []
+        aliases = aggregator_aliases(self.manifest.aggregator_address) if participant.is_aggregator else []
         networking = api.create_networking_config({self._network.id: api.create_endpoint_config(aliases=aliases or None)})
         # Whoever launches containers (`cofe run`, `cofe start --container`) holds the workspace locks on this host.
-        environment = {**launched_env(), "COFE_LOG_CAPTURED": "1", "PYTHONUNBUFFERED": "1",
-                       "OMP_NUM_THREADS": str(self._threads(name))}
+        # As in process mode: the collaborators started here share this machine's cores.
+        sharing = sum(not is_aggregator(p) for p in self._participants)
+        environment = {**launched_env(), **participant.launch_env(participant.thread_budget(sharing=sharing))}
         try:
             created = api.create_container(
                 image=self._image.id, name=container_id, hostname=name,
-                command=participant_command(self.layout, name, restart=self.restart, device=self.device),
+                command=participant.start_command(restart=self.restart, device=self.device),
                 labels=labels(self.layout, name), user=self._user(), environment=environment, detach=True,
                 ports=[port] if publish else None, host_config=host_config, networking_config=networking)
         except docker.errors.APIError as exc:
             raise CofeError(f"the container engine refused to create {container_id}: {exc.explanation or exc}",
                             hint="check that the mounted folders exist, and the engine's log") from None
         container = self.client.containers.get(created["Id"])
-        entry = _Container(name=name, container=container, log=workspace / "logs" / f"{name}.log", echo=self.echo)
+        entry = _Container(name=name, container=container, log=participant.log_file, echo=self.echo)
         self._containers[name] = entry
         try:
             container.start()
@@ -465,7 +454,7 @@ class ContainerFederation:
 
     def log_path(self, name: str) -> Path:
         entry = self._containers.get(name)
-        return entry.log if entry else self.layout.workspace(name) / "logs" / f"{name}.log"
+        return entry.log if entry else self.layout.participant(name).log_file
 
     # -- stopping
 

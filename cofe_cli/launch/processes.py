@@ -13,8 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from cofe_cli.engine.participant import LOG_CAPTURED_ENV
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout, Manifest
 from cofe_cli.locks import launched_env
 from cofe_cli.launch.supervisor import ParticipantState, tail_lines
 
@@ -47,7 +46,7 @@ class ProcessFederation:
         self._processes: dict[str, _Process] = {}
 
     def participants(self) -> list[str]:
-        return [AGGREGATOR, *self.manifest.collaborators]
+        return list(self.manifest.participant_names())
 
     def start(self) -> None:
         for name in self.participants():
@@ -55,27 +54,20 @@ class ProcessFederation:
 
     def command(self, name: str) -> list[str]:
         """The participant's `cofe start`, run by this same Python."""
-        args = [sys.executable, "-m", "cofe_cli", "start"]
-        return args + (["aggregator", "--dir", str(self.layout.root)] + (["--restart"] if self.restart else [])
-                       if name == AGGREGATOR else ["collaborator", name, "--dir", str(self.layout.root)])
+        return self.layout.participant(name).start_command(python=sys.executable, restart=self.restart)
 
     def _spawn(self, name: str) -> None:
+        participant = self.layout.participant(name)
         args = self.command(name)
-        log = self.log_path(name)
+        log = participant.log_file
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **launched_env(), LOG_CAPTURED_ENV: "1", "PYTHONUNBUFFERED": "1",
-               "OMP_NUM_THREADS": str(self._threads(name))}
+        # Every collaborator trains at the same time on this machine's cores.
+        threads = participant.thread_budget(sharing=len(self.manifest.collaborators))
+        env = {**os.environ, **launched_env(), **participant.launch_env(threads)}
         with log.open("ab") as out:
             popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
         self._processes[name] = _Process(name, log, popen)
-
-    def _threads(self, name: str) -> int:
-        # Collaborators train at the same time on one machine: torch's default of one thread per
-        # core in every process oversubscribes the CPU and makes each round several times slower.
-        if name == AGGREGATOR:
-            return 1
-        return max(1, (os.cpu_count() or 1) // len(self.manifest.collaborators))
 
     def states(self) -> dict[str, ParticipantState]:
         states = {}
@@ -88,7 +80,7 @@ class ProcessFederation:
         return tail_lines(self.log_path(name), lines, since)
 
     def log_path(self, name: str) -> Path:
-        return self.layout.workspace(name) / "logs" / f"{name}.log"
+        return self.layout.participant(name).log_file
 
     def stop(self, grace: float = 10.0) -> None:
         running = [p for p in self._processes.values() if p.popen.poll() is None]

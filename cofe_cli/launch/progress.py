@@ -9,8 +9,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from cofe_cli.federation import AGGREGATOR, Manifest
+from cofe_cli.federation import Manifest
 from cofe_cli.metrics import headline_metric
+from cofe_cli.participant import is_aggregator
 
 TASK_LABELS = {
     "aggregated_model_validation": "validating global model",
@@ -44,7 +45,7 @@ class FederationProgress:
         self.started = started
         self.round = 0
         self.rounds = manifest.rounds
-        self.sites = {name: _Site() for name in (AGGREGATOR, *manifest.collaborators)}
+        self.sites = {name: _Site() for name in manifest.participant_names()}
         # Keyed so that a resumed federation (whose event log holds the interrupted attempt too)
         # reports each round's metric once: the latest value wins.
         self._records: dict[tuple[int, str, str, str], MetricRecord] = {}
@@ -135,7 +136,7 @@ class FederationProgress:
             return "[green]finished[/]"
         if site.returncode is not None:
             return f"[red]exited {site.returncode}[/]"
-        if name == AGGREGATOR:
+        if is_aggregator(name):
             return "serving" if self.aggregator_ready else "starting"
         if site.round is None:
             return "starting"

@@ -15,6 +15,7 @@ from cofe_cli.engine.gandlf_model import MODEL_DIR
 from cofe_cli.fsutil import atomic_write_text, staged_dir
 from cofe_cli.launch.progress import SHORT_TASK, FederationProgress
 from cofe_cli.metrics import headline_metric
+from cofe_cli.participant import is_aggregator
 
 METRICS_FILE = "metrics.csv"
 MODELS = {"last.pbuf": "final_model.pbuf", "best.pbuf": "best_model.pbuf", "last.pt": "final_model.pt", "best.pt": "best_model.pt"}
@@ -29,7 +30,7 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
     for r in sorted(progress.records, key=lambda r: (r.round, r.collaborator, r.task, r.metric)):
         writer.writerow([r.round, r.collaborator, r.task, r.metric, f"{r.value:.6g}"])
     atomic_write_text(results / METRICS_FILE, buffer.getvalue())
-    save = layout.workspace(AGGREGATOR) / "save"
+    save = layout.aggregator().save_dir
     for source, target in MODELS.items():
         if (save / source).is_file():
             shutil.copyfile(save / source, results / target)
@@ -72,7 +73,7 @@ def summary_table(progress: FederationProgress) -> Table:
                 key = "loss" if task == "train" and "loss" in values else headline_metric(values)
                 cells.append(f"{key.removeprefix('valid_')} {values[key]:.3f}" if key else "")
             if any(cells):
-                table.add_row(str(round_number + 1), name if name != AGGREGATOR else "[bold]aggregated[/]", *cells)
+                table.add_row(str(round_number + 1), "[bold]aggregated[/]" if is_aggregator(name) else name, *cells)
     return table
 
 
@@ -91,8 +92,8 @@ def _plot(path: Path, progress: FederationProgress) -> None:
         points = sorted((r.round + 1, r.value) for r in validation if r.collaborator == name and r.metric == metric)
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", linewidth=2.5 if name == AGGREGATOR else 1.2,
-                    label="aggregated" if name == AGGREGATOR else name)
+            ax.plot(xs, ys, marker="o", linewidth=2.5 if is_aggregator(name) else 1.2,
+                    label="aggregated" if is_aggregator(name) else name)
     ax.set_xlabel("round")
     ax.set_ylabel(f"{metric} (global model, before local training)")
     ax.set_title(f"{progress.manifest.name}: {metric} per round")
@@ -114,11 +115,13 @@ def evaluation_rows(progress: FederationProgress, sites, *, model: str, plan_sha
     """One row per site and metric of the evaluation round, then OpenFL's mean weighted by subjects."""
     rows = []
     subjects = {site.name: site.subjects for site in sites}
-    for record in sorted(progress.records, key=lambda r: (r.collaborator == AGGREGATOR, r.collaborator, r.metric)):
+    for record in sorted(progress.records, key=lambda r: (is_aggregator(r.collaborator), r.collaborator, r.metric)):
         if record.task != "aggregated_model_validation":
             continue
-        site = WEIGHTED_MEAN if record.collaborator == AGGREGATOR else record.collaborator
-        count = sum(subjects.values()) if record.collaborator == AGGREGATOR else subjects.get(record.collaborator, "")
+        # The aggregator's record is OpenFL's mean over every site, weighted by their subjects.
+        aggregated = is_aggregator(record.collaborator)
+        site = WEIGHTED_MEAN if aggregated else record.collaborator
+        count = sum(subjects.values()) if aggregated else subjects.get(record.collaborator, "")
         rows.append({"site": site, "subjects": count, "metric": record.metric, "value": f"{record.value:.6g}",
                      "model": model, "plan_sha384": plan_sha384})
     return rows

@@ -92,36 +92,24 @@ def script_path(layout: FederationLayout, participant: str) -> Path:
     return slurm_dir(layout) / f"{participant}.sbatch"
 
 
-def log_path(layout: FederationLayout, participant: str) -> Path:
-    return layout.workspace(participant) / "logs" / f"{participant}.log"
-
-
 def job_name(layout: FederationLayout, participant: str) -> str:
     from cofe_cli.launch.containers import federation_id
 
     return f"cofe-{federation_id(layout)}-{participant}"
 
 
-def start_command(layout: FederationLayout, participant: str, *, python: str, restart: bool = False,
-                  device: str | None = None) -> list[str]:
-    args = [python, "-m", "cofe_cli", "start"]
-    if participant == AGGREGATOR:
-        return args + ["aggregator", "--dir", str(layout.root)] + (["--restart"] if restart else [])
-    return args + ["collaborator", participant, "--dir", str(layout.root)] + (["--device", device] if device else [])
-
-
 def render_script(layout: FederationLayout, participant: str, options: SlurmOptions, *, python: str | None = None,
                   restart: bool = False, nodelist: str | None = None) -> str:
     """The batch script of one participant's job (kept in FED/slurm/ so a user can read or resubmit it)."""
     python = python or sys.executable
-    is_aggregator = participant == AGGREGATOR
-    # The aggregator only averages tensors: one core; collaborators train with what the user asked for.
-    cpus = 1 if is_aggregator else options.cpus_per_site
+    this = layout.participant(participant)
+    # Each job trains alone on the CPUs it asks for: the aggregator one, collaborators what the user asked for.
+    cpus = this.thread_budget(cpus=options.cpus_per_site)
     directives = [
         f"--job-name={job_name(layout, participant)}",
-        f"--output={log_path(layout, participant)}",
+        f"--output={this.log_file}",
         "--open-mode=append",
-        f"--chdir={layout.workspace(participant)}",
+        f"--chdir={this.workspace}",
         "--nodes=1",
         "--ntasks=1",
         f"--cpus-per-task={cpus}",
@@ -135,21 +123,19 @@ def render_script(layout: FederationLayout, participant: str, options: SlurmOpti
         directives.append(f"--time={options.time}")
     if options.mem_per_site:
         directives.append(f"--mem={options.mem_per_site}")
-    gpus = options.gpus_per_site if not is_aggregator else None
+    gpus = None if this.is_aggregator else options.gpus_per_site
     if gpus:
         directives.append(f"--gpus={gpus}")
     if nodelist:
         directives.append(f"--nodelist={nodelist}")
     directives += list(options.sbatch_args)
-    command = start_command(layout, participant, python=python, restart=restart, device="cuda" if gpus else None)
+    command = this.start_command(python=python, restart=restart, device="cuda" if gpus else None)
     lines = ["#!/bin/bash",
              f"# {participant} of the federation in {layout.root}, written by `cofe run --slurm`.",
              *[f"#SBATCH {d}" for d in directives],
              "",
-             "export COFE_LOG_CAPTURED=1 PYTHONUNBUFFERED=1",
              # `cofe run` holds the federation's locks on the login node for as long as the jobs run.
-             *[f"export {key}={value}" for key, value in launched_env().items()],
-             f"export OMP_NUM_THREADS={cpus}",
+             *[f"export {key}={value}" for key, value in {**launched_env(), **this.launch_env(cpus)}.items()],
              f"echo \"[slurm] job $SLURM_JOB_ID of {participant} on $(hostname) (node $SLURMD_NODENAME)\"",
              "exec " + shlex.join(command),
              ""]
@@ -364,7 +350,7 @@ class SlurmFederation:
         self._unanswered_since: float | None = None
 
     def participants(self) -> list[str]:
-        return [AGGREGATOR, *self.manifest.collaborators]
+        return list(self.manifest.participant_names())
 
     def check(self) -> None:
         """Before anything is submitted: Slurm answers, the partition exists, the cluster can run each job,
@@ -385,15 +371,16 @@ class SlurmFederation:
         else:
             self.notes.append(f"[yellow]warning:[/] {address} (the certificate's address) is not a node of this cluster: "
                               "collaborators dial it, so it must lead to the aggregator's node")
-        for name in (AGGREGATOR, *self.manifest.collaborators[:1]):  # every collaborator asks for the same
-            submit(self._write_script(name, nodelist=self._pin if name == AGGREGATOR else None), test_only=True)
+        # The aggregator where its address leads; every collaborator asks for the same as the first.
+        for name, nodelist in ((AGGREGATOR, self._pin), *((name, None) for name in self.manifest.collaborators[:1])):
+            submit(self._write_script(name, nodelist=nodelist), test_only=True)
 
     def _write_script(self, name: str, nodelist: str | None = None) -> Path:
         path = script_path(self.layout, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_script(self.layout, name, self.options, python=self.python, restart=self.restart,
                                       nodelist=nodelist))
-        log_path(self.layout, name).parent.mkdir(parents=True, exist_ok=True)
+        self.layout.participant(name).logs_dir.mkdir(parents=True, exist_ok=True)
         return path
 
     def start(self) -> None:
@@ -454,7 +441,7 @@ class SlurmFederation:
         return {name: job.info for name, job in self._jobs.items()}
 
     def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]:
-        tail = tail_lines(log_path(self.layout, name), lines, since)
+        tail = tail_lines(self.log_path(name), lines, since)
         job = self._jobs[name]
         if job.info and not job.info.active and job.info.state != "COMPLETED":
             tail.append(f"[slurm] job {job.job_id} of {name}: {job.info.state}"
@@ -464,7 +451,7 @@ class SlurmFederation:
         return tail
 
     def log_path(self, name: str) -> Path:
-        return log_path(self.layout, name)
+        return self.layout.participant(name).log_file
 
     def stop(self, grace: float = 10.0) -> None:
         jobs = self._submitted()

@@ -92,7 +92,7 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
               timeout: float | None = None, poll_interval: float = 0.5) -> FederationProgress:
     """Run until every participant exited 0; on any failure, timeout or Ctrl-C stop them all."""
     progress = FederationProgress(manifest, started=time.time())
-    events = EventTail(layout.workspace(AGGREGATOR) / "logs" / "events.jsonl")
+    events = EventTail(layout.aggregator().events_file)
     # What earlier attempts of a resumed federation logged counts in its results but is not news:
     # only what this run's participants log is shown as it happens.
     progress.add_history(events.new_events())

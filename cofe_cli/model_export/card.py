@@ -7,8 +7,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from cofe_cli.federation import AGGREGATOR, Manifest
+from cofe_cli.federation import Manifest
 from cofe_cli.metrics import headline_metric
+from cofe_cli.participant import is_aggregator
 from cofe_cli.plan.data import problem_type_of
 
 VALIDATION_TASK = "aggregated_model_validation"
@@ -84,8 +85,8 @@ def model_card(*, manifest: Manifest, gandlf_config: dict, metrics_rows: list[di
     if figures:
         lines += [f"The aggregated model of round {last + 1}, validated by each site on its own validation subjects:", "",
                   "| site | metric | value |", "|---|---|---|"]
-        for figure in sorted(figures, key=lambda f: (f.site == AGGREGATOR, labels.get(f.site, f.site))):
-            site = "**weighted mean**" if figure.site == AGGREGATOR else labels.get(figure.site, "site")
+        for figure in sorted(figures, key=lambda f: (is_aggregator(f.site), labels.get(f.site, f.site))):
+            site = "**weighted mean**" if is_aggregator(figure.site) else labels.get(figure.site, "site")
             lines.append(f"| {site} | {figure.metric} | {figure.value:.4f} |")
     else:
         lines.append("No validation figures were recorded (results/metrics.csv is missing or empty).")

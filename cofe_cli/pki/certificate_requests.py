@@ -48,14 +48,13 @@ from cofe_cli.archive import (
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import (
     AGGREGATOR,
-    ROLE_AGGREGATOR,
     FederationLayout,
     Manifest,
     check_collaborator_name,
     check_plan_unchanged,
     local_participant,
-    role_of,
 )
+from cofe_cli.participant import ROLE_AGGREGATOR, role_of
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, make_private_key_and_csr
 from cofe_cli.pki.issue_records import current_certificate, record_issued

@@ -42,7 +42,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, role_of
+from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.participant import role_of
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki.authority import CHAIN, CertificateAuthority
 from cofe_cli.pki.issue_records import ARCHIVED_DIR, ISSUED_DIR

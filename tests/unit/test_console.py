@@ -12,7 +12,7 @@ import pytest
 
 from cofe_cli import console as console_module
 from cofe_cli.console import print_error
-from cofe_cli.engine.participant import LOG_CAPTURED_ENV
+from cofe_cli.participant import LOG_CAPTURED_ENV
 from cofe_cli.locks import LOCKS_HELD_ENV
 
 FINGERPRINT = "14:B9:EB:CD:60:AF:08:A9:AA:21:15:CE:EA:E5:65:08:9B:21:32:45:84:F6:A2:C3:F5:B0:3C:F4:AB:75:57:2C"
@@ -43,6 +43,7 @@ import logging, sys
 from pathlib import Path
 from cofe_cli.commands.start import _run_participant
 from cofe_cli.errors import FederationFailed
+from cofe_cli.participant import Participant
 
 def body(engine, workspace):
     logging.getLogger("openfl.federated.plan.plan").info("Parsing Federated Learning Plan : [green]SUCCESS[/]")
@@ -51,7 +52,7 @@ def body(engine, workspace):
         raise FederationFailed("the aggregator refused site_a: its certificate is revoked", hint="ask the coordinator")
     raise ValueError("volume 3 is unreadable")
 
-_run_participant(Path(sys.argv[1]), "site_a", body)
+_run_participant(Participant("site_a", Path(sys.argv[1]).parent, Path(sys.argv[1])), body)
 """
 
 
