@@ -40,6 +40,7 @@ LOCAL_STATE_DIR = "local_state"
 TMP_DIR = ".tmp"
 HOME_DIR = ".home"
 CHAIN_FILE = "cert_chain.crt"
+CRL_FILE = "crl.pem"  # beside the chain in the aggregator's cert/, as the CA's ca/crl.pem
 EVENTS_FILE = f"{LOGS_DIR}/events.jsonl"
 # What an aggregator keeps between starts; `cofe start aggregator --restart` clears it.
 AGGREGATOR_STATE = (LOCAL_STATE_DIR, "save/best.pbuf", "save/last.pbuf", "save/best.pt", "save/last.pt",
@@ -84,6 +85,16 @@ class Participant:
             raise ValueError("the aggregator's certificate name needs the federation's manifest (its address)")
         return self.aggregator_address
 
+    def subject_alt_names(self, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """The names its certificate is valid for: the aggregator's address, `extra` host names, and for
+        localhost the loopback addresses local clients dial too; a collaborator's name only."""
+        if not self.is_aggregator:
+            return [self.name]
+        names = [self.common_name, *extra]
+        if self.common_name == "localhost":
+            names += ["127.0.0.1", "::1"]
+        return list(dict.fromkeys(names))
+
     @property
     def certificate_kind(self) -> str:
         """OpenFL's word for the certificate: the aggregator serves, collaborators are clients."""
@@ -116,6 +127,11 @@ class Participant:
             # OpenFL lowercases the address when it looks for the files.
             return self.cert_dir / "server" / f"agg_{self.common_name.lower()}{suffix}"
         return self.cert_dir / "client" / f"col_{self.name}{suffix}"
+
+    @property
+    def crl_file(self) -> Path:
+        """The CRL a running aggregator refuses clients by (`cofe certify revoke` copies the CA's here)."""
+        return self.cert_dir / CRL_FILE
 
     @property
     def logs_dir(self) -> Path:

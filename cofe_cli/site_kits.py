@@ -54,7 +54,6 @@ from cofe_cli.archive import (
 )
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import (
-    AGGREGATOR,
     FederationLayout,
     Manifest,
     check_collaborator_name,
@@ -64,9 +63,9 @@ from cofe_cli.federation import (
 )
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.locks import federation_locked
-from cofe_cli.participant import role_of
+from cofe_cli.participant import CERT_DIR, CHAIN_FILE, Participant, is_aggregator, role_of
 from cofe_cli.pki.authority import CertificateAuthority
-from cofe_cli.pki.workspace_certs import participant_cert_paths
+from cofe_cli.pki.workspace_certs import CertPaths
 from cofe_cli.pki.x509 import chain_root_fingerprint
 from cofe_cli.plan.builder import INIT_STATE_PATH
 from cofe_cli.plan.data import TRAIN_CSV, VALID_CSV, check_site_data, problem_type_of
@@ -80,7 +79,7 @@ PLAN_MEMBERS = tuple(f"plans/{name}" for name in (PLAN_FILE, COLS_FILE, GANDLF_F
 PLAN_MEMBER = f"plans/{PLAN_FILE}"
 MANIFEST_MEMBER = f"plans/{MANIFEST_FILE}"
 INIT_MEMBER = f"plans/{INIT_MODEL}"
-CHAIN_MEMBER = "cert/cert_chain.crt"
+CHAIN_MEMBER = f"{CERT_DIR}/{CHAIN_FILE}"
 TEMPLATE_FOLDER = "data-template"
 TEMPLATE_MEMBERS = (f"{TEMPLATE_FOLDER}/{TRAIN_CSV}", f"{TEMPLATE_FOLDER}/{VALID_CSV}")
 README_MEMBER = "README.txt"
@@ -130,10 +129,11 @@ def data_template(gandlf_config: dict) -> tuple[str | None, list[str]]:
     return problem_type, ["SubjectID", *(f"Channel_{i}" for i in range(int(channels))), target]
 
 
-def _readme(manifest: Manifest, name: str, kit_file: str, root_fingerprint: str, columns: list[str]) -> str:
+def _readme(manifest: Manifest, this: Participant, kit_file: str, root_fingerprint: str, columns: list[str]) -> str:
+    name = this.name
     identity = group_hex(manifest.fingerprint())
     endpoint = f"{manifest.aggregator_address}:{manifest.aggregator_port}"
-    if name == AGGREGATOR:
+    if this.is_aggregator:
         steps = f"""\
 1. cofe import {kit_file} --dir SITE
    SITE is a new folder. Read the federation fingerprint it prints back to the coordinator
@@ -171,7 +171,7 @@ def _readme(manifest: Manifest, name: str, kit_file: str, root_fingerprint: str,
 4. cofe start collaborator {name} --dir SITE
    Needs outgoing TCP to the aggregator, {endpoint}. Patient data never leaves this machine."""
     return f"""\
-cofe site kit: {name} ({role_of(name)}) of the federation {manifest.name!r}
+cofe site kit: {name} ({this.role}) of the federation {manifest.name!r}
 
 This archive holds the federation's plan and its CA chain: no private key, no other participant's
 certificate. On the machine that runs {name}, with cofe installed:
@@ -194,9 +194,10 @@ class ExportResult:
 
 def export_kit(layout: FederationLayout, name: str, *, out: Path | None = None, force: bool = False) -> ExportResult:
     manifest = layout.load_manifest()
-    if name != AGGREGATOR:
+    if not is_aggregator(name):
         check_collaborator_name(name)
         manifest.require_collaborator(name)
+    this = layout.participant(name, manifest)
     if not CertificateAuthority.exists(layout.ca):
         raise CofeError(f"{layout.root} has no CA yet", hint=f"make it first: `cofe certify ca --dir {layout.root}`")
     ca = CertificateAuthority.load(layout.ca)
@@ -209,7 +210,7 @@ def export_kit(layout: FederationLayout, name: str, *, out: Path | None = None, 
             raise CofeError(f"{path} is missing", hint="re-create the federation with `cofe init --force`")
         members[member] = path.read_bytes()
     warnings = []
-    if name == AGGREGATOR:
+    if this.is_aggregator:
         if (layout.plans / INIT_MODEL).is_file():
             check_initial_model(layout.plans / INIT_MODEL, manifest)
             members[INIT_MEMBER] = (layout.plans / INIT_MODEL).read_bytes()
@@ -220,23 +221,23 @@ def export_kit(layout: FederationLayout, name: str, *, out: Path | None = None, 
     members[CHAIN_MEMBER] = chain
     gandlf_config = yaml.safe_load(members[f"plans/{GANDLF_FILE}"]) or {}
     problem_type, columns = data_template(gandlf_config)
-    if name != AGGREGATOR:
+    if not this.is_aggregator:
         header = (",".join(columns) + "\n").encode()
         members.update({member: header for member in TEMPLATE_MEMBERS})
     out = Path(out).expanduser() if out else Path(f"{name}{KIT_SUFFIX}")
-    members[README_MEMBER] = _readme(manifest, name, out.name, ca.root_fingerprint(), columns).encode()
+    members[README_MEMBER] = _readme(manifest, this, out.name, ca.root_fingerprint(), columns).encode()
     kit = {
         "format": KIT_FORMAT, "version": FORMAT_VERSION, "federation": manifest.name,
-        "participant": name, "role": role_of(name),
+        "participant": name, "role": this.role,
         "aggregator": {"address": manifest.aggregator_address, "port": manifest.aggregator_port},
         "plan_sha384": manifest.plan_sha384, "root_fingerprint": ca.root_fingerprint(),
     }
-    if name != AGGREGATOR:
+    if not this.is_aggregator:
         kit["data_template"] = {"problem_type": problem_type, "columns": columns}
     kit |= {"created": now_iso(), "cofe_version": __version__,
             "files": {member: _sha256(data) for member, data in members.items()}}
     write_archive(out, {KIT_JSON: json_bytes(kit), **members}, force=force)
-    return ExportResult(name, role_of(name), out, manifest.plan_sha384, fingerprint, ca.root_fingerprint(),
+    return ExportResult(name, this.role, out, manifest.plan_sha384, fingerprint, ca.root_fingerprint(),
                         [KIT_JSON, *members], warnings)
 
 
@@ -269,7 +270,7 @@ def _kit_manifest(members: dict[str, bytes], source: Path) -> dict:
             and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
         raise CofeError(f"{source}: kit.json lacks participant, role, plan_sha384, root_fingerprint or files",
                         hint=_KIT_HINT)
-    if participant != AGGREGATOR:
+    if not is_aggregator(participant):
         check_collaborator_name(participant)
     if role != role_of(participant):
         raise CofeError(f"{source}: kit.json says {participant} is the {role}", hint=_KIT_HINT)
@@ -284,9 +285,10 @@ def _check_members(kit: dict, members: dict[str, bytes | StreamedMember], source
         detail = "; ".join(part for part in (f"not listed: {', '.join(extra)}" if extra else "",
                                              f"missing: {', '.join(missing)}" if missing else "") if part)
         raise CofeError(f"{source}: the archive's files are not the ones kit.json lists ({detail})", hint=_KIT_HINT)
-    if name != AGGREGATOR and not set(TEMPLATE_MEMBERS) <= present:
+    collaborator = not is_aggregator(name)
+    if collaborator and not set(TEMPLATE_MEMBERS) <= present:
         raise CofeError(f"{source}: the data template is missing", hint=_KIT_HINT)
-    if name != AGGREGATOR and INIT_MEMBER in present:
+    if collaborator and INIT_MEMBER in present:
         raise CofeError(f"{source}: a collaborator's kit carries {INIT_MEMBER}; only the aggregator's does "
                         "(a collaborator receives the model from the aggregator)", hint=_FRESH_KIT_HINT)
     try:
@@ -307,7 +309,7 @@ def _check_members(kit: dict, members: dict[str, bytes | StreamedMember], source
     if isinstance(init_model, StreamedMember) and init_model.sha384 != recorded_model:
         raise CofeError(f"{source}: the initial model was changed after export (its SHA-384 {init_model.sha384[:16]}... "
                         f"is not the {recorded_model[:16]}... federation.yaml records)", hint=_FRESH_KIT_HINT)
-    if name != AGGREGATOR and name not in manifest.collaborators:
+    if collaborator and name not in manifest.collaborators:
         raise CofeError(f"{source}: the kit is for {name!r}, which its plan does not list", hint=_KIT_HINT)
     try:
         cols = yaml.safe_load(members[f"plans/{COLS_FILE}"]) or {}
@@ -370,9 +372,10 @@ def _import_members(members: dict[str, bytes | StreamedMember], source: Path, si
     kit = _kit_manifest(members, source)
     manifest = _check_members(kit, members, source)
     name, role = kit["participant"], kit["role"]
+    this = site.participant(name, manifest)
     gandlf_config = yaml.safe_load(members[f"plans/{GANDLF_FILE}"]) or {}
     if data is not None:
-        if name == AGGREGATOR:
+        if this.is_aggregator:
             raise CofeError("the aggregator has no data of its own; --data is for a collaborator's kit", hint="drop --data")
         data = Path(data).expanduser().resolve()
         check_site_data(data, gandlf_config)
@@ -380,7 +383,7 @@ def _import_members(members: dict[str, bytes | StreamedMember], source: Path, si
     plan_files = {member.split("/", 1)[1]: members[member]
                   for member in (*PLAN_MEMBERS, INIT_MEMBER) if member in members}
     plans_action = _plans_state(site, plan_files, force)
-    workspace = site.workspace(name)
+    workspace = this.workspace
     if workspace.exists() and not force:
         raise CofeError(f"{site.root} already holds {name}'s workspace",
                         hint="pass --force to import the kit again (its key, certificates and data setting are kept)")
@@ -389,16 +392,16 @@ def _import_members(members: dict[str, bytes | StreamedMember], source: Path, si
 
     for filename, content in plan_files.items():
         _place(content, stage.plans / filename)
-    previous_data = collaborator_data_folder(site, name) if workspace.exists() and name != AGGREGATOR else None
+    previous_data = collaborator_data_folder(site, name) if workspace.exists() and not this.is_aggregator else None
     data_folder = data or previous_data
     write_workspace(stage, name, {name: str(data_folder)} if data_folder else {})
-    staged = stage.workspace(name)
+    staged = stage.participant(name)
     extras = {KIT_JSON: members[KIT_JSON], README_MEMBER: members[README_MEMBER]}
-    if name != AGGREGATOR:
+    if not this.is_aggregator:
         extras |= {member: members[member] for member in TEMPLATE_MEMBERS}
     elif INIT_MEMBER in members:
         extras[INIT_STATE_PATH] = members[INIT_MEMBER]
-    paths = participant_cert_paths(site, manifest, name)
+    paths = CertPaths.of(this)
     chain = members[CHAIN_MEMBER]
     if not paths.cert.is_file() or not paths.chain.is_file() or paths.chain.read_bytes() == chain:
         extras[str(paths.chain.relative_to(workspace))] = chain
@@ -406,7 +409,7 @@ def _import_members(members: dict[str, bytes | StreamedMember], source: Path, si
         warnings.append(f"{name}'s certificate here comes from another CA than this kit's; make a new request "
                         f"(`cofe certify request --dir {site.root} --force`) and have it signed")
     for relative, content in extras.items():
-        _place(content, staged / relative)
+        _place(content, staged.workspace / relative)
     # Everything is staged; from here on only renames.
     if plans_action == "created":
         os.replace(stage.plans, site.plans)
@@ -417,16 +420,16 @@ def _import_members(members: dict[str, bytes | StreamedMember], source: Path, si
         os.replace(stage.plans, site.plans)
     if workspace_action == "created":
         site.workspaces.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, workspace)
+        os.replace(staged.workspace, workspace)
     else:
         # An existing workspace keeps cert/, save/, logs/ and local_state/: only its plan/ is swapped.
-        if (workspace / "plan").exists():
-            os.replace(workspace / "plan", stage.root / "plan.replaced")
-        os.replace(staged / "plan", workspace / "plan")
+        if this.plan_dir.exists():
+            os.replace(this.plan_dir, stage.root / "plan.replaced")
+        os.replace(staged.plan_dir, this.plan_dir)
         for relative in extras:
             (workspace / relative).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged / relative, workspace / relative)
-    template = workspace / TEMPLATE_FOLDER if name != AGGREGATOR else None
+            os.replace(staged.workspace / relative, workspace / relative)
+    template = None if this.is_aggregator else workspace / TEMPLATE_FOLDER
     return ImportResult(name, role, manifest.name, manifest.plan_sha384, manifest.fingerprint(), kit["root_fingerprint"],
                         f"{manifest.aggregator_address}:{manifest.aggregator_port}", workspace, plans_action,
-                        workspace_action, data_folder if name != AGGREGATOR else None, template, warnings)
+                        workspace_action, None if this.is_aggregator else data_folder, template, warnings)

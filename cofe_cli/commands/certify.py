@@ -8,6 +8,7 @@ subcommands split it across machines so that a site's private key never leaves t
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from rich.text import Text
 
 from cofe_cli.console import console, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.federation import FederationLayout
 from cofe_cli.locks import federation_locked
+from cofe_cli.participant import is_aggregator
 from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, check_validity_days
 from cofe_cli.pki.local_issuing import certify_aggregator_here, certify_locally
 
@@ -86,7 +88,7 @@ def ca(
     aggregator: bool = typer.Option(False, "--aggregator", help="Also certify the aggregator on this host (when the coordinator runs it)."),
 ) -> None:
     """At the coordinator: the federation's root and signing CA, without any participant's key."""
-    from cofe_cli.pki.revocation import aggregator_crl_path, ca_crl_path
+    from cofe_cli.pki.revocation import ca_crl_path
 
     check_validity_days(validity_days)
     layout = FederationLayout(dir)
@@ -98,7 +100,7 @@ def ca(
             authority = CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
             action = "created"
             # A CRL of a replaced CA no longer verifies: an aggregator would refuse everyone.
-            for stale in (ca_crl_path(layout), aggregator_crl_path(layout.workspace(AGGREGATOR))):
+            for stale in (ca_crl_path(layout), layout.aggregator().crl_file):
                 stale.unlink(missing_ok=True)
         _say(f"CA {action}: {escape(str(layout.ca))} (valid until {authority.root_cert.not_valid_after_utc:%Y-%m-%d})")
         if aggregator:
@@ -214,8 +216,8 @@ def install(
     what = "already installed" if result.unchanged else "installed"
     _say(f"[green]{escape(result.name)}'s certificate {what}[/]: {escape(str(result.cert))} "
          f"(serial {result.serial:x}, valid until {result.not_after:%Y-%m-%d}); CA chain: {escape(str(result.chain))}")
-    start = "cofe start aggregator" if result.name == AGGREGATOR else f"cofe start collaborator {result.name}"
-    _say(f"Next: [bold]{escape(start)} --dir {escape(str(layout.root))}[/]")
+    start = shlex.join(["cofe", *layout.participant(result.name).start_command()])
+    _say(f"Next: [bold]{escape(start)}[/]")
 
 
 # ---------------------------------------------------------------- revoke, status (at the coordinator)
@@ -262,7 +264,7 @@ def status(dir: Path = _DIR) -> None:
     if not found.records:
         _say("No certificate issued yet.")
         return
-    records = sorted(found.records, key=lambda r: (r.name != AGGREGATOR, r.name, r.not_after))
+    records = sorted(found.records, key=lambda r: (not is_aggregator(r.name), r.name, r.not_after))
     rows = []
     for record in records:
         days = record.days_left

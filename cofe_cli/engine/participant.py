@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
-from cofe_cli.participant import LOG_CAPTURED_ENV, Participant
+from cofe_cli.participant import CERT_DIR, CRL_FILE, LOG_CAPTURED_ENV, Participant
 
 PLAN = Path("plan/plan.yaml")
 COLS = Path("plan/cols.yaml")
@@ -123,7 +123,7 @@ def _revocation_checking_server(plan):
 
     server_args = plan.get_server_args(None, None, None, {})
     server_args["aggregator"] = plan.get_aggregator()
-    revoked = RevokedCertificates(Path("cert/crl.pem"), Path(server_args["root_certificate"]))
+    revoked = RevokedCertificates(Path(CERT_DIR) / CRL_FILE, Path(server_args["root_certificate"]))
     plan.server_ = RevocationCheckingServer(revoked=revoked, **server_args)  # get_server() builds no other
     return plan.get_server()
 

@@ -46,19 +46,12 @@ from cofe_cli.archive import (
     write_archive,
 )
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import (
-    AGGREGATOR,
-    FederationLayout,
-    Manifest,
-    check_collaborator_name,
-    check_plan_unchanged,
-    local_participant,
-)
-from cofe_cli.participant import ROLE_AGGREGATOR, role_of
+from cofe_cli.federation import FederationLayout, Manifest, check_collaborator_name, check_plan_unchanged, local_participant
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, make_private_key_and_csr
 from cofe_cli.pki.issue_records import current_certificate, record_issued
-from cofe_cli.pki.workspace_certs import CertPaths, certificate_name, participant_cert_paths
+from cofe_cli.participant import is_aggregator
+from cofe_cli.pki.workspace_certs import CertPaths
 from cofe_cli.pki.x509 import (
     chain_root_fingerprint,
     check_key_matches_cert,
@@ -121,21 +114,14 @@ class RequestResult:
 
 def create_request(layout: FederationLayout, manifest: Manifest, name: str | None, *, out: Path | None = None,
                    extra_san: Sequence[str] = (), force: bool = False) -> RequestResult:
-    name = local_participant(layout, manifest, name)
-    role = role_of(name)
+    this = layout.participant(local_participant(layout, manifest, name), manifest)
+    name, role = this.name, this.role
     check_plan_unchanged(layout, manifest)
-    paths = participant_cert_paths(layout, manifest, name)
-    if role == ROLE_AGGREGATOR:
-        common_name = manifest.aggregator_address
-        san = [manifest.aggregator_address, *extra_san]
-        if manifest.aggregator_address == "localhost":
-            san += ["127.0.0.1", "::1"]  # as the one-step certify does: local clients dial these too
-    else:
-        if extra_san:
-            raise CofeError("--san names the aggregator's host names; a collaborator's certificate carries its name only",
-                            hint="drop --san")
-        common_name, san = name, [name]
-    san = list(dict.fromkeys(san))
+    paths = CertPaths.of(this)
+    if extra_san and not this.is_aggregator:
+        raise CofeError("--san names the aggregator's host names; a collaborator's certificate carries its name only",
+                        hint="drop --san")
+    common_name, san = this.common_name, this.subject_alt_names(extra_san)
     if paths.key.exists() and not force:
         raise CofeError(f"{name} already has a private key ({paths.key})",
                         hint="pass --force to make a new key; its certificate must then be signed again")
@@ -214,7 +200,7 @@ def check_request(layout: FederationLayout, manifest: Manifest, ca: CertificateA
     """Everything that can refuse a request, before anyone is asked to confirm its hash; returns warnings."""
     warnings: list[str] = []
     name = request.name
-    if name != AGGREGATOR:
+    if not is_aggregator(name):
         try:
             check_collaborator_name(name)
         except CofeError:
@@ -224,15 +210,16 @@ def check_request(layout: FederationLayout, manifest: Manifest, ca: CertificateA
             raise CofeError(f"the request is for {name!r}, but the plan has no such collaborator "
                             f"(it has: {', '.join(manifest.collaborators)})",
                             hint="check which site sent it; add a site with `cofe init --force` and a new --collaborator")
-    if request.role != role_of(name):
+    this = layout.participant(name, manifest)
+    if request.role != this.role:
         raise CofeError(f"the request for {name!r} claims the role {request.role!r}, but {name} is "
-                        f"{'the' if name == AGGREGATOR else 'a'} {role_of(name)}",
+                        f"{'the' if this.is_aggregator else 'a'} {this.role}",
                         hint="ask the site for a new request made with `cofe certify request`")
-    expected_cn = certificate_name(manifest, name)
+    expected_cn = this.common_name
     if request.common_name != expected_cn:
         raise CofeError(f"the request's certificate name is {request.common_name!r}, expected {expected_cn!r}",
                         hint="ask the site for a new request made with `cofe certify request`")
-    if name == AGGREGATOR and not any(same_host(entry, manifest.aggregator_address)
+    if this.is_aggregator and not any(same_host(entry, manifest.aggregator_address)
                                       for entry in request.subject_alt_names):
         raise CofeError(f"the aggregator's request does not name the plan's aggregator address "
                         f"{manifest.aggregator_address!r} (it names: {', '.join(request.subject_alt_names) or 'nothing'})",
@@ -286,21 +273,21 @@ def sign_request(layout: FederationLayout, manifest: Manifest, ca: CertificateAu
     out = Path(out).expanduser() if out else Path(f"{name}{SIGNED_SUFFIX}")
     if out.exists() and not force:
         raise CofeError(f"{out} already exists", hint="pass --force to replace it, or -o another file name")
-    kind = "server" if name == AGGREGATOR else "client"
-    expected_cn = certificate_name(manifest, name)
-    cert_pem = ca.sign_csr(request.csr_pem, kind=kind, expected_name=expected_cn, validity_days=validity_days)
+    this = layout.participant(name, manifest)
+    cert_pem = ca.sign_csr(request.csr_pem, kind=this.certificate_kind, expected_name=this.common_name,
+                           validity_days=validity_days)
     chain = ca.chain_pem()
     verify_issued_by(cert_pem, chain)
     cert = parse_certificate(cert_pem)
     signed = {
-        "format": SIGNED_FORMAT, "version": FORMAT_VERSION, "name": name, "role": role_of(name),
+        "format": SIGNED_FORMAT, "version": FORMAT_VERSION, "name": name, "role": this.role,
         "serial": format(cert.serial_number, "x"), "not_after": cert.not_valid_after_utc.isoformat(timespec="seconds"),
         "root_fingerprint": ca.root_fingerprint(), "plan_sha384": manifest.plan_sha384,
         "request_sha256": request.sha256, "cofe_version": __version__,
     }
     write_archive(out, {CERT_MEMBER: cert_pem, CHAIN_MEMBER: chain, SIGNED_MEMBER: json_bytes(signed)}, force=force)
     record = record_issued(layout, name, cert_pem)
-    return SignResult(name, role_of(name), out, record, cert.serial_number, cert.not_valid_after_utc,
+    return SignResult(name, this.role, out, record, cert.serial_number, cert.not_valid_after_utc,
                       ca.root_fingerprint(), san_names(cert.extensions))
 
 
@@ -339,11 +326,11 @@ def install_signed(layout: FederationLayout, manifest: Manifest, path: Path, *, 
                         f"not the one you expected", hint="do not install it; check the fingerprint with the "
                                                           "coordinator by phone, not from the message that brought the file")
     cert = parse_certificate(cert_pem, f"{path}: {CERT_MEMBER}", _SIGNED_HINT)
-    expected_cn = certificate_name(manifest, name)
-    if common_name(cert.subject) != expected_cn:
-        raise CofeError(f"the certificate is for {common_name(cert.subject)!r}, not {expected_cn!r}", hint=_SIGNED_HINT)
+    this = layout.participant(name, manifest)
+    if common_name(cert.subject) != this.common_name:
+        raise CofeError(f"the certificate is for {common_name(cert.subject)!r}, not {this.common_name!r}", hint=_SIGNED_HINT)
     verify_issued_by(cert_pem, chain_pem)
-    paths = participant_cert_paths(layout, manifest, name)
+    paths = CertPaths.of(this)
     if not paths.key.is_file():
         raise CofeError(f"{name} has no private key here ({paths.key})",
                         hint=f"make it first: `cofe certify request --dir {layout.root}`, and have that request signed")

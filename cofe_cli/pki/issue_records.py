@@ -9,10 +9,9 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki.authority import CertificateAuthority
-from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.pki.x509 import certificate_or_none
 
 ISSUED_DIR = "issued"  # under FED/ca: one <name>.crt per participant signed from a request
@@ -27,8 +26,8 @@ def current_certificate(layout: FederationLayout, manifest: Manifest, ca: Certif
                         name: str) -> Path | None:
     """A certificate of this CA already issued to `name`: the sign record, or (one-step certify) the workspace's."""
     candidates = [issued_record(layout, name)]
-    if name == AGGREGATOR or name in manifest.collaborators:
-        candidates.append(participant_cert_paths(layout, manifest, name).cert)
+    if name in manifest.participant_names():
+        candidates.append(layout.participant(name, manifest).cert)
     for path in candidates:
         if path.is_file():
             cert = certificate_or_none(path.read_bytes())

@@ -10,16 +10,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout, Manifest
+from cofe_cli.participant import Participant
 from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, IssuedCert, check_validity_days
 from cofe_cli.pki.issue_records import current_certificate, keep_on_record, record_issued
-from cofe_cli.pki.workspace_certs import (
-    CertPaths,
-    certificate_name,
-    certificate_problem,
-    participant_cert_paths,
-    refresh_chain,
-)
+from cofe_cli.pki.workspace_certs import CertPaths, certificate_problem, refresh_chain
 
 
 def certify_locally(layout: FederationLayout, manifest: Manifest, *, force: bool = False,
@@ -30,7 +25,7 @@ def certify_locally(layout: FederationLayout, manifest: Manifest, *, force: bool
     everything) or `reissue` (a new key and certificate for the participants named, from this CA),
     and a refusal is decided before anything is written; a valid certificate from this CA is kept."""
     check_validity_days(validity_days)
-    participants = (AGGREGATOR, *manifest.collaborators)
+    participants = manifest.participant_names()
     reissue = list(dict.fromkeys(reissue))
     if reissue:
         if force:
@@ -44,15 +39,15 @@ def certify_locally(layout: FederationLayout, manifest: Manifest, *, force: bool
             raise CofeError(f"{layout.root} has no CA to re-issue from", hint=f"run `cofe certify --dir {layout.root}`")
     existing = CertificateAuthority.load(layout.ca) if CertificateAuthority.exists(layout.ca) and not force else None
     actions, to_issue = [("CA", "kept" if existing else "created")], []
-    for participant in participants:
-        paths = participant_cert_paths(layout, manifest, participant)
+    for this in layout.participants(manifest):
+        participant, paths = this.name, CertPaths.of(this)
         if force or participant in reissue or not paths.key.exists():
-            to_issue.append((participant, paths))
+            to_issue.append(this)
             continue
         if existing is None:
             raise CofeError(f"{participant} already has a private key ({paths.key}) but there is no CA here that "
                             "could have certified it", hint="pass --force to make a CA and every key and certificate")
-        problem = certificate_problem(paths, existing, certificate_name(manifest, participant))
+        problem = certificate_problem(paths, existing, this.common_name)
         if problem is not None:
             raise CofeError(f"{participant} {problem}",
                             hint=f"re-issue {participant}'s key and certificate from this CA, leaving the CA and the "
@@ -61,11 +56,11 @@ def certify_locally(layout: FederationLayout, manifest: Manifest, *, force: bool
         refresh_chain(paths, existing.chain_pem())
         actions.append((participant, "kept"))
     ca = existing or CertificateAuthority.create(layout.ca, force=force, validity_days=validity_days, name=manifest.name)
-    for participant, paths in to_issue:
-        if participant in reissue and paths.cert.is_file():
-            keep_on_record(layout, participant, paths.cert.read_bytes(), ca)
-        _issue(ca, manifest, participant, paths, validity_days)
-        actions.append((participant, "re-issued" if participant in reissue else "issued"))
+    for this in to_issue:
+        if this.name in reissue and this.cert.is_file():
+            keep_on_record(layout, this.name, this.cert.read_bytes(), ca)
+        _issue(ca, this, validity_days)
+        actions.append((this.name, "re-issued" if this.name in reissue else "issued"))
     return actions
 
 
@@ -73,33 +68,31 @@ def certify_aggregator_here(layout: FederationLayout, manifest: Manifest, ca: Ce
                             force: bool, validity_days: int) -> str:
     """The aggregator's key and certificate on the coordinator's host, on record like a signed request's;
     returns "kept" or "issued"."""
-    paths = participant_cert_paths(layout, manifest, AGGREGATOR)
+    aggregator = layout.aggregator(manifest)
+    paths = CertPaths.of(aggregator)
     if paths.key.exists() and not force:
-        problem = certificate_problem(paths, ca, manifest.aggregator_address)
+        problem = certificate_problem(paths, ca, aggregator.common_name)
         if problem is not None:
             # Not --force: with `ca` it would replace the CA, and every site's certificate with it.
             raise CofeError(f"the aggregator {problem}",
                             hint=f"for a new key and certificate from this CA, move {paths.key} away and run "
                                  f"`cofe certify ca --dir {layout.root} --aggregator` again")
         refresh_chain(paths, ca.chain_pem())
-        record_issued(layout, AGGREGATOR, paths.cert.read_bytes())
+        record_issued(layout, aggregator.name, paths.cert.read_bytes())
         return "kept"
-    signed = current_certificate(layout, manifest, ca, AGGREGATOR)
+    signed = current_certificate(layout, manifest, ca, aggregator.name)
     if signed is not None and not force:
         raise CofeError(f"the aggregator already has a certificate from this CA ({signed}), signed from its request",
                         hint="pass --force to certify an aggregator on this host instead (then revoke the other one)")
-    issued = _issue(ca, manifest, AGGREGATOR, paths, validity_days)
-    record_issued(layout, AGGREGATOR, issued.cert_pem)
+    issued = _issue(ca, aggregator, validity_days)
+    record_issued(layout, aggregator.name, issued.cert_pem)
     return "issued"
 
 
-def _issue(ca: CertificateAuthority, manifest: Manifest, participant: str, paths: CertPaths,
-           validity_days: int) -> IssuedCert:
+def _issue(ca: CertificateAuthority, participant: Participant, validity_days: int) -> IssuedCert:
     """A new key and certificate for `participant`, written with the CA's chain into its workspace."""
-    if participant == AGGREGATOR:
-        issued = ca.issue_server_cert(manifest.aggregator_address, validity_days=validity_days)
-    else:
-        issued = ca.issue_client_cert(participant, validity_days=validity_days)
-    issued.write(paths.cert, paths.key)
-    refresh_chain(paths, ca.chain_pem())
+    issue = ca.issue_server_cert if participant.is_aggregator else ca.issue_client_cert
+    issued = issue(participant.common_name, validity_days=validity_days)
+    issued.write(participant.cert, participant.key)
+    refresh_chain(CertPaths.of(participant), ca.chain_pem())
     return issued

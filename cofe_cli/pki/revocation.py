@@ -9,9 +9,9 @@ copied to that host's SITE/workspaces/aggregator/cert/crl.pem (it holds no secre
 
 For the engine (the running aggregator), at every new client connection:
 
-    from cofe_cli.pki.revocation import aggregator_crl_path, load_revoked_serials
+    from cofe_cli.pki.revocation import load_revoked_serials
 
-    revoked = load_revoked_serials(aggregator_crl_path(workspace), (workspace / "cert/cert_chain.crt").read_bytes())
+    revoked = load_revoked_serials(aggregator.crl_file, aggregator.chain.read_bytes())  # aggregator: a Participant
     if peer_certificate.serial_number in revoked:
         refuse the call (gRPC: context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate revoked"))
 
@@ -42,14 +42,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout
-from cofe_cli.participant import role_of
+from cofe_cli.federation import FederationLayout
+from cofe_cli.participant import AGGREGATOR, CRL_FILE, role_of
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki.authority import CHAIN, CertificateAuthority
 from cofe_cli.pki.issue_records import ARCHIVED_DIR, ISSUED_DIR
 from cofe_cli.pki.x509 import certificate_or_none, chain_signers, issued_by_chain
 
-CRL_FILE = "crl.pem"
 REASONS = {
     "unspecified": None,
     "key-compromise": x509.ReasonFlags.key_compromise,
@@ -62,11 +61,6 @@ _CRL_HINT = "get the current crl.pem from the coordinator (`cofe certify revoke`
 
 def ca_crl_path(layout: FederationLayout) -> Path:
     return layout.ca / CRL_FILE
-
-
-def aggregator_crl_path(workspace: Path) -> Path:
-    """Where the aggregator's workspace keeps the CRL: cert/crl.pem, beside cert_chain.crt."""
-    return Path(workspace) / "cert" / CRL_FILE
 
 
 # ---------------------------------------------------------------- reading a CRL
@@ -151,8 +145,10 @@ def _certificate_files(layout: FederationLayout) -> list[tuple[str, Path]]:
     found += [(path.name.split(".", 1)[0], path) for path in sorted((issued / ARCHIVED_DIR).glob("*.crt"))]
     if layout.workspaces.is_dir():
         for workspace in sorted(p for p in layout.workspaces.iterdir() if p.is_dir()):
-            found += [(path.stem[len("col_"):], path) for path in sorted((workspace / "cert" / "client").glob("col_*.crt"))]
-            found += [(AGGREGATOR, path) for path in sorted((workspace / "cert" / "server").glob("agg_*.crt"))]
+            # Whatever certificates a workspace holds, whoever's folder it is: the file names say whose.
+            cert_dir = layout.participant(workspace.name).cert_dir
+            found += [(path.stem[len("col_"):], path) for path in sorted((cert_dir / "client").glob("col_*.crt"))]
+            found += [(AGGREGATOR, path) for path in sorted((cert_dir / "server").glob("agg_*.crt"))]
     return found
 
 
@@ -161,7 +157,7 @@ def _chain_for(layout: FederationLayout, path: Path) -> bytes | None:
     candidates = [layout.ca / CHAIN]
     try:
         workspace = path.relative_to(layout.workspaces).parts[0]
-        candidates.append(layout.workspace(workspace) / "cert" / "cert_chain.crt")
+        candidates.append(layout.participant(workspace).chain)
     except ValueError:  # a sign record under ca/
         pass
     for candidate in candidates:
@@ -176,8 +172,7 @@ def inventory(layout: FederationLayout) -> Inventory:
     if ca_crl_path(layout).is_file() or (layout.ca / CHAIN).is_file():
         crl_path, crl_chain = ca_crl_path(layout), layout.ca / CHAIN
     else:
-        crl_path = aggregator_crl_path(layout.workspace(AGGREGATOR))
-        crl_chain = layout.workspace(AGGREGATOR) / "cert" / "cert_chain.crt"
+        crl_path, crl_chain = layout.aggregator().crl_file, layout.aggregator().chain
     revoked: frozenset[int] | None = None
     if crl_path.is_file():
         try:
@@ -280,9 +275,9 @@ def revoke(layout: FederationLayout, name: str, *, reason: str = "unspecified") 
             entries.append(builder.build())
         atomic_write_bytes(crl_path, build_crl(ca, entries, number + 1))
     copies = []
-    aggregator_workspace = layout.workspace(AGGREGATOR)
-    if aggregator_workspace.is_dir():
-        copy = aggregator_crl_path(aggregator_workspace)
+    aggregator = layout.aggregator()
+    if aggregator.workspace.is_dir():
+        copy = aggregator.crl_file
         crl_pem = crl_path.read_bytes()
         if not copy.is_file() or copy.read_bytes() != crl_pem:
             atomic_write_bytes(copy, crl_pem)

@@ -1,7 +1,8 @@
-"""Where each participant's certificates live inside its OpenFL workspace, and whether they can be used.
+"""Each participant's certificates inside its OpenFL workspace, and whether they can be used.
 
-OpenFL reads `cert/cert_chain.crt`, `cert/server/agg_<address>.{crt,key}` and
-`cert/client/col_<name>.{crt,key}`, relative to the workspace (see Plan.get_server_args/get_client_args).
+Where they are is the Participant's to say (cofe_cli/participant.py): OpenFL reads `cert/cert_chain.crt`,
+`cert/server/agg_<address>.{crt,key}` and `cert/client/col_<name>.{crt,key}`, relative to the
+workspace (see Plan.get_server_args/get_client_args).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.participant import Participant
 from cofe_cli.pki.authority import ROOT_KEY, CertificateAuthority
 from cofe_cli.pki.x509 import certificate_or_none, check_key_matches_cert, common_names, verify_issued_by
 
@@ -28,31 +30,13 @@ class CertPaths:
     def present(self) -> bool:
         return self.chain.is_file() and self.cert.is_file() and self.key.is_file()
 
-
-def aggregator_cert_paths(workspace: Path, address: str) -> CertPaths:
-    common_name = address.lower()  # OpenFL lowercases the address when it looks for the files
-    return CertPaths(workspace / "cert" / "cert_chain.crt",
-                     workspace / "cert" / "server" / f"agg_{common_name}.crt",
-                     workspace / "cert" / "server" / f"agg_{common_name}.key")
-
-
-def collaborator_cert_paths(workspace: Path, name: str) -> CertPaths:
-    return CertPaths(workspace / "cert" / "cert_chain.crt",
-                     workspace / "cert" / "client" / f"col_{name}.crt",
-                     workspace / "cert" / "client" / f"col_{name}.key")
-
-
-def certificate_name(manifest: Manifest, participant: str) -> str:
-    """The common name of a participant's certificate: the aggregator's address (what clients dial), or
-    the collaborator's name."""
-    return manifest.aggregator_address if participant == AGGREGATOR else participant
+    @classmethod
+    def of(cls, participant: Participant) -> "CertPaths":
+        return cls(participant.chain, participant.cert, participant.key)
 
 
 def participant_cert_paths(layout: FederationLayout, manifest: Manifest, participant: str) -> CertPaths:
-    workspace = layout.workspace(participant)
-    if participant == AGGREGATOR:
-        return aggregator_cert_paths(workspace, manifest.aggregator_address)
-    return collaborator_cert_paths(workspace, participant)
+    return CertPaths.of(layout.participant(participant, manifest))
 
 
 @dataclass(frozen=True)
@@ -79,8 +63,7 @@ def exposed_private_keys(layout: FederationLayout, manifest: Manifest) -> KeyExp
     """Every private key in this directory (the CA's, every participant's) open to group or others; None if none is."""
     private = (layout.ca / ROOT_KEY).parent
     candidates = [private, *sorted(private.glob("*"))] if private.is_dir() else []
-    candidates += [participant_cert_paths(layout, manifest, participant).key
-                   for participant in (AGGREGATOR, *manifest.collaborators)]
+    candidates += [participant.key for participant in layout.participants(manifest)]
     exposed = []
     for path in candidates:
         try:

@@ -78,7 +78,7 @@ def build_evaluation(layout: FederationLayout, manifest: Manifest, sites: list[t
                      model_pbuf: Path) -> tuple[FederationLayout, Manifest, list[EvaluationSite]]:
     """Write FED/evaluation/ (plans, workspaces, the new sites' data, every participant's certificate)."""
     from cofe_cli.pki.authority import CertificateAuthority
-    from cofe_cli.pki.workspace_certs import collaborator_cert_paths, participant_cert_paths, refresh_chain
+    from cofe_cli.pki.workspace_certs import CertPaths, refresh_chain
 
     gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text()) or {}
     expected = expectations_of(gandlf_config)
@@ -107,17 +107,17 @@ def build_evaluation(layout: FederationLayout, manifest: Manifest, sites: list[t
             entries.append(CollaboratorData(name, folder))
             chosen.append(EvaluationSite(name, folder, summary.valid_subjects, name in manifest.collaborators))
         build_federation(stage, plan_yaml, gandlf_config, eval_manifest, entries)
-        shutil.copyfile(model_pbuf, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
+        shutil.copyfile(model_pbuf, stage.aggregator().save_dir / INIT_MODEL)
         for participant in (AGGREGATOR, *(site.name for site in chosen if site.trained)):
-            source = layout.workspace(participant) / "cert"
-            if not participant_cert_paths(layout, manifest, participant).present():
+            source = layout.participant(participant, manifest)
+            if not CertPaths.of(source).present():
                 raise CofeError(f"{participant} has no certificate in {layout.root}",
                                 hint=f"run `cofe certify --dir {layout.root}` first")
-            shutil.copytree(source, stage.workspace(participant) / "cert", dirs_exist_ok=True)
+            shutil.copytree(source.cert_dir, stage.participant(participant).cert_dir, dirs_exist_ok=True)
         if new_sites:
             ca = CertificateAuthority.load(layout.ca)
             for name in new_sites:
-                paths = collaborator_cert_paths(stage.workspace(name), name)
-                ca.issue_client_cert(name).write(paths.cert, paths.key)
-                refresh_chain(paths, ca.chain_pem())
+                site = stage.participant(name)
+                ca.issue_client_cert(name).write(site.cert, site.key)
+                refresh_chain(CertPaths.of(site), ca.chain_pem())
     return evaluation, eval_manifest, chosen

@@ -25,7 +25,8 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.pki import CertificateAuthority, check_key_matches_cert, describe_certificate, verify_issued_by
 from cofe_cli.pki.local_issuing import certify_locally
-from cofe_cli.pki.workspace_certs import aggregator_cert_paths, participant_cert_paths, require_certificates
+from cofe_cli.participant import Participant
+from cofe_cli.pki.workspace_certs import CertPaths, participant_cert_paths, require_certificates
 
 COLLABORATORS = ("hospital_a", "hospital_b")
 ADDRESS = "localhost"
@@ -320,7 +321,7 @@ def test_require_certificates_names_the_missing_file(copy_of_certified, part: st
 
 
 def test_aggregator_files_use_the_lowercased_address(tmp_path: Path) -> None:
-    paths = aggregator_cert_paths(tmp_path, "FL.Example.ORG")
+    paths = CertPaths.of(Participant(AGGREGATOR, tmp_path, tmp_path, "FL.Example.ORG"))
     assert paths.cert == tmp_path / "cert" / "server" / "agg_fl.example.org.crt"
     assert paths.key == tmp_path / "cert" / "server" / "agg_fl.example.org.key"
     assert paths.chain == tmp_path / "cert" / "cert_chain.crt"
