@@ -17,8 +17,7 @@ from pathlib import Path
 import yaml
 
 from cofe_cli.errors import CofeError
-from cofe_cli.participant import AGGREGATOR, Participant, is_aggregator
-PLAN_FILE = "plan.yaml"  # the OpenFL plan, in plans/ and in every workspace's plan/
+from cofe_cli.participant import AGGREGATOR, PLAN_FILE, Participant, is_aggregator
 # OpenFL lowercases collaborator names in cols.yaml and certificates, and then fails to find
 # `site_A`; accepting only lowercase names keeps the name a user types the one OpenFL uses.
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

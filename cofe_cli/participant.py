@@ -39,6 +39,9 @@ SAVE_DIR = "save"
 LOCAL_STATE_DIR = "local_state"
 TMP_DIR = ".tmp"
 HOME_DIR = ".home"
+PLAN_FILE = "plan.yaml"  # the OpenFL plan, in plans/ and in every workspace's plan/
+COLS_FILE = "cols.yaml"  # the collaborator list, likewise
+DATA_FILE = "data.yaml"  # a workspace's own: which folder holds each collaborator's data
 CHAIN_FILE = "cert_chain.crt"
 CRL_FILE = "crl.pem"  # beside the chain in the aggregator's cert/, as the CA's ca/crl.pem
 EVENTS_FILE = f"{LOGS_DIR}/events.jsonl"
@@ -105,6 +108,18 @@ class Participant:
     @property
     def plan_dir(self) -> Path:
         return self.workspace / PLAN_DIR
+
+    @property
+    def plan_file(self) -> Path:
+        return self.plan_dir / PLAN_FILE
+
+    @property
+    def cols_file(self) -> Path:
+        return self.plan_dir / COLS_FILE
+
+    @property
+    def data_config(self) -> Path:
+        return self.plan_dir / DATA_FILE
 
     @property
     def cert_dir(self) -> Path:

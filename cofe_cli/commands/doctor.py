@@ -20,7 +20,8 @@ from cofe_cli.doctor.network_tls import DEFAULT_TIMEOUT
 from cofe_cli.doctor.result import FAIL, PASS, SKIP, Check
 from cofe_cli.doctor.runner import run_checks, select_participant
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.federation import FederationLayout
+from cofe_cli.participant import is_aggregator
 
 
 def print_check(check: Check) -> None:
@@ -46,7 +47,7 @@ def doctor(
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     name = select_participant(layout, manifest, participant)
-    if data is not None and name == AGGREGATOR:
+    if data is not None and is_aggregator(name):
         raise CofeError("the aggregator has no data of its own; --data is for a collaborator", hint="drop --data")
     console.print(f"Checking {escape(name)} in {escape(str(layout.root))} (federation {escape(manifest.name)}, "
                   f"aggregator {escape(manifest.aggregator_address)}:{manifest.aggregator_port})", soft_wrap=True)

@@ -58,7 +58,7 @@ def check_plan(layout: FederationLayout, manifest: Manifest, participant: str) -
     if plan_hash(text) != manifest.plan_sha384:
         return fail("plan", f"{plan_file} was changed: its hash is not the federation's plan hash",
                     "import the kit again (`cofe import KIT --dir SITE --force`)")
-    workspace_plan = layout.workspace(participant) / "plan"
+    workspace_plan = layout.participant(participant).plan_dir
     for name in (PLAN_FILE, COLS_FILE):
         copy = workspace_plan / name
         if not copy.is_file() or copy.read_bytes() != (layout.plans / name).read_bytes():

@@ -18,7 +18,7 @@ from cofe_cli.doctor.network_tls import DEFAULT_TIMEOUT, check_address, check_li
 from cofe_cli.doctor.plan_and_versions import check_environment, check_initial_model_file, check_plan
 from cofe_cli.doctor.result import Check, skip
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout, Manifest
 
 
 def _read(path: Path) -> bytes | None:
@@ -39,7 +39,7 @@ def select_participant(layout: FederationLayout, manifest: Manifest, name: str |
 
     if name is not None:
         return local_participant(layout, manifest, name)
-    present = [p for p in (AGGREGATOR, *manifest.collaborators) if layout.workspace(p).is_dir()]
+    present = [p for p in manifest.participant_names() if layout.workspace(p).is_dir()]
     if len(present) > 1:
         raise CofeError(f"{layout.root} holds several participants ({', '.join(present)}); which one?",
                         hint="name it: `cofe doctor --dir DIR --participant NAME`")
@@ -50,7 +50,7 @@ def run_checks(layout: FederationLayout, manifest: Manifest, participant: str, *
                data: Path | None = None, timeout: float = DEFAULT_TIMEOUT,
                report: Callable[[Check], None] = lambda check: None) -> list[Check]:
     from cofe_cli.plan.workspaces import GANDLF_FILE, collaborator_data_folder
-    from cofe_cli.pki.workspace_certs import participant_cert_paths
+    from cofe_cli.pki.workspace_certs import CertPaths
 
     checks: list[Check] = []
 
@@ -59,14 +59,15 @@ def run_checks(layout: FederationLayout, manifest: Manifest, participant: str, *
         report(check)
 
     host, port = manifest.aggregator_address, manifest.aggregator_port
-    workspace = layout.workspace(participant)
-    paths = participant_cert_paths(layout, manifest, participant)
+    this = layout.participant(participant, manifest)
+    workspace, is_aggregator = this.workspace, this.is_aggregator
+    paths = CertPaths.of(this)
     chain, cert_pem, key_pem = _read(paths.chain), _read(paths.cert), _read(paths.key)
-    is_aggregator = participant == AGGREGATOR
     add(check_plan(layout, manifest, participant))
+    # Clients dial the aggregator's address: its certificate must name it as a host (SAN) too.
     certificate, own_cert = check_certificate(
-        cert_pem, key_pem, chain, participant=participant, expected_cn=host if is_aggregator else participant,
-        min_days=min_days, expected_san=host if is_aggregator else None)
+        cert_pem, key_pem, chain, participant=participant, expected_cn=this.common_name,
+        min_days=min_days, expected_san=this.common_name if is_aggregator else None)
     server_cert = None
     if is_aggregator:
         add(check_listen_port(port))

@@ -33,12 +33,11 @@ def plan_identity(workspace: Path) -> PlanIdentity:
     """The UUIDs OpenFL derives from the workspace's plan (what a collaborator puts in every header)."""
     from openfl.federated import Plan
 
-    from cofe_cli.engine.participant import quiet
+    from cofe_cli.engine.participant import COLS, PLAN, quiet
 
     workspace = Path(workspace)
     with quiet():
-        plan = Plan.parse(plan_config_path=workspace / "plan" / "plan.yaml",
-                          cols_config_path=workspace / "plan" / "cols.yaml")
+        plan = Plan.parse(plan_config_path=workspace / PLAN, cols_config_path=workspace / COLS)
     return PlanIdentity(plan.aggregator_uuid, plan.federation_uuid)
 
 

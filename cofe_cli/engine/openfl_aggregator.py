@@ -10,6 +10,7 @@ from openfl.component import Aggregator
 
 from cofe_cli.events import EventLog
 from cofe_cli.metrics import headline_metric, higher_is_better
+from cofe_cli.participant import EVENTS_FILE
 
 logger = logging.getLogger("cofe")
 GLOBAL_VALIDATION_TASK = "aggregated_model_validation"
@@ -29,7 +30,7 @@ class _RoundEvents(Callback):
 
 
 class ObservedAggregator(Aggregator):
-    def __init__(self, *, event_log: str = "logs/events.jsonl", rounds_to_train: int = 1, callbacks=None, **kwargs):
+    def __init__(self, *, event_log: str = EVENTS_FILE, rounds_to_train: int = 1, callbacks=None, **kwargs):
         self.events = EventLog(event_log)
         self._announced: set[tuple[str, int]] = set()
         callbacks = list(callbacks or []) + [_RoundEvents(self.events, rounds_to_train)]

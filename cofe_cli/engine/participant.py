@@ -14,11 +14,21 @@ import os
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
-from cofe_cli.participant import CERT_DIR, CRL_FILE, LOG_CAPTURED_ENV, Participant
+from cofe_cli.participant import (
+    CERT_DIR,
+    COLS_FILE,
+    CRL_FILE,
+    DATA_FILE,
+    LOG_CAPTURED_ENV,
+    PLAN_DIR,
+    PLAN_FILE,
+    Participant,
+)
 
-PLAN = Path("plan/plan.yaml")
-COLS = Path("plan/cols.yaml")
-DATA = Path("plan/data.yaml")
+# Relative to the workspace, the working directory while OpenFL runs.
+PLAN = Path(PLAN_DIR, PLAN_FILE)
+COLS = Path(PLAN_DIR, COLS_FILE)
+DATA = Path(PLAN_DIR, DATA_FILE)
 logger = logging.getLogger("cofe")
 
 # OpenFL logs the whole plan (~140 lines, with rich markup) each time it parses one.

@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cofe_cli.errors import CofeError
 from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.participant import CHAIN_FILE
 from cofe_cli.pki.x509 import (
     HOST_NAME_TYPES,
     certificate_fingerprint,
@@ -36,7 +37,7 @@ MAX_VALIDITY_DAYS = 30 * 365
 
 ROOT_CERT = "root-ca.crt"
 SIGNING_CERT = "signing-ca.crt"
-CHAIN = "cert_chain.crt"
+CHAIN = CHAIN_FILE  # ca/cert_chain.crt: the same file every workspace's cert/ holds
 ROOT_KEY = "private/root-ca.key"
 SIGNING_KEY = "private/signing-ca.key"
 _CA_FILES = (ROOT_CERT, SIGNING_CERT, CHAIN, ROOT_KEY, SIGNING_KEY)

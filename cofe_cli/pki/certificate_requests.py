@@ -50,7 +50,7 @@ from cofe_cli.federation import FederationLayout, Manifest, check_collaborator_n
 from cofe_cli.fsutil import atomic_write_bytes
 from cofe_cli.pki.authority import DEFAULT_VALIDITY_DAYS, CertificateAuthority, make_private_key_and_csr
 from cofe_cli.pki.issue_records import current_certificate, record_issued
-from cofe_cli.participant import is_aggregator
+from cofe_cli.participant import CHAIN_FILE, is_aggregator
 from cofe_cli.pki.workspace_certs import CertPaths
 from cofe_cli.pki.x509 import (
     chain_root_fingerprint,
@@ -70,7 +70,7 @@ SIGNED_SUFFIX = "-signed.tar.gz"
 CSR_MEMBER = "csr.pem"
 REQUEST_MEMBER = "request.json"
 CERT_MEMBER = "certificate.crt"
-CHAIN_MEMBER = "cert_chain.crt"
+CHAIN_MEMBER = CHAIN_FILE
 SIGNED_MEMBER = "signed.json"
 
 _SMALL = 64 * 1024

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from cofe_cli.errors import CofeError
+from cofe_cli.participant import CERT_DIR, EVENTS_FILE
 
 ENGINE = "cofe_cli.engine"
 
@@ -111,7 +112,7 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
                 "persist_checkpoint": True,
                 "persistent_db_path": "local_state/tensor.db",
                 "write_logs": True,
-                "event_log": "logs/events.jsonl",
+                "event_log": EVENTS_FILE,
             },
         },
         "collaborator": {
@@ -134,7 +135,7 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
                 "hash_salt": "auto",
                 "use_tls": True,
                 "require_client_auth": True,
-                "cert_folder": "cert",
+                "cert_folder": CERT_DIR,
                 "client_reconnect_interval": 5,
                 "enable_atomic_connections": False,
                 "transport_protocol": "grpc",

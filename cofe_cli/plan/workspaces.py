@@ -14,9 +14,9 @@ import yaml
 
 from cofe_cli.federation import AGGREGATOR, PLAN_FILE, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_text
+from cofe_cli.participant import COLS_FILE, PLAN_DIR
 from cofe_cli.plan.builder import INIT_STATE_PATH, dump_yaml, render_cols, render_data_config
 
-COLS_FILE = "cols.yaml"
 GANDLF_FILE = "gandlf_config.yaml"
 INIT_MODEL = Path(INIT_STATE_PATH).name  # plans/init.pbuf, copied to the aggregator's save/
 
@@ -40,19 +40,19 @@ def write_manifest(layout: FederationLayout, manifest: Manifest) -> None:
 
 def write_workspace(layout: FederationLayout, participant: str, data: dict[str, str]) -> Path:
     """An OpenFL workspace: plan/{plan,cols,data}.yaml plus the folders OpenFL writes into."""
-    workspace = layout.workspace(participant)
-    for sub in ("plan", "cert", "save", "logs", "local_state"):
-        (workspace / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(layout.plans / PLAN_FILE, workspace / "plan" / PLAN_FILE)
-    shutil.copyfile(layout.plans / COLS_FILE, workspace / "plan" / COLS_FILE)
-    atomic_write_text(workspace / "plan" / "data.yaml", render_data_config(data))
-    return workspace
+    this = layout.participant(participant)
+    for folder in (this.plan_dir, this.cert_dir, this.save_dir, this.logs_dir, this.local_state_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.plans / PLAN_FILE, this.plan_file)
+    shutil.copyfile(layout.plans / COLS_FILE, this.cols_file)
+    atomic_write_text(this.data_config, render_data_config(data))
+    return this.workspace
 
 
 def aggregator_init_model(workspace: Path) -> Path:
     """The initial model OpenFL's aggregator loads: its plan's init_state_path, relative to its workspace."""
     try:
-        plan = yaml.safe_load((workspace / "plan" / PLAN_FILE).read_text(encoding="utf-8"))
+        plan = yaml.safe_load((workspace / PLAN_DIR / PLAN_FILE).read_text(encoding="utf-8"))
         relative = plan["aggregator"]["settings"]["init_state_path"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         relative = INIT_STATE_PATH  # no readable plan: OpenFL will not start either, and says so
@@ -74,11 +74,11 @@ def build_federation(layout: FederationLayout, plan_yaml: str, gandlf_config: di
 
 def set_collaborator_data(layout: FederationLayout, name: str, data_folder: Path) -> None:
     """A site names its own data when it starts (the coordinator never sees it)."""
-    atomic_write_text(layout.workspace(name) / "plan" / "data.yaml", render_data_config({name: str(data_folder)}))
+    atomic_write_text(layout.participant(name).data_config, render_data_config({name: str(data_folder)}))
 
 
 def collaborator_data_folder(layout: FederationLayout, name: str) -> Path | None:
-    data_file = layout.workspace(name) / "plan" / "data.yaml"
+    data_file = layout.participant(name).data_config
     if not data_file.is_file():
         return None
     for line in data_file.read_text().splitlines():
