@@ -13,6 +13,7 @@ FED/workspaces/NAME/          the participant's OpenFL workspace (its working di
   cert/client/col_<name>.{crt,key}      a collaborator's
   logs/<name>.log, logs/events.jsonl     its log; the aggregator's round events
   save/, local_state/         models and the aggregator's state between starts
+  data/                       a site's data that cofe prepared (a split CSV, an evaluation-only set)
   .tmp/, .home/               TMPDIR and HOME while it runs
 """
 
@@ -37,6 +38,7 @@ CERT_DIR = "cert"
 LOGS_DIR = "logs"
 SAVE_DIR = "save"
 LOCAL_STATE_DIR = "local_state"
+DATA_DIR = "data"
 TMP_DIR = ".tmp"
 HOME_DIR = ".home"
 PLAN_FILE = "plan.yaml"  # the OpenFL plan, in plans/ and in every workspace's plan/
@@ -168,6 +170,11 @@ class Participant:
     @property
     def local_state_dir(self) -> Path:
         return self.workspace / LOCAL_STATE_DIR
+
+    @property
+    def data_dir(self) -> Path:
+        """Where cofe puts data it prepared for a site (a CSV it split, an evaluation-only set)."""
+        return self.workspace / DATA_DIR
 
     @property
     def tmp_dir(self) -> Path:

@@ -99,8 +99,8 @@ def build_evaluation(layout: FederationLayout, manifest: Manifest, sites: list[t
         entries = []
         for name, data in sites:
             if data is not None and data.is_file():
-                summary = evaluation_only_data(data, stage.workspace(name) / "data", **expected)
-                folder = evaluation.workspace(name) / "data"
+                summary = evaluation_only_data(data, stage.participant(name).data_dir, **expected)
+                folder = evaluation.participant(name).data_dir
             else:
                 folder = data or collaborator_data_folder(layout, name)
                 summary = check_data_folder(folder, **expected)
