@@ -63,8 +63,8 @@ def is_aggregator(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Participant:
-    """Hand out by FederationLayout.participant(); `aggregator_address` (the plan's) is what the
-    aggregator's certificate is issued to: without it only the aggregator's certificate is unknown."""
+    """Handed out by FederationLayout.participant(). `aggregator_address` (the plan's) is the name the
+    aggregator's certificate carries; without the manifest only that certificate's name is unknown."""
 
     name: str
     root: Path  # the federation's directory
