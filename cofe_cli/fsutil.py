@@ -33,23 +33,46 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty sibling folder; on success it replaces `target` whole, on failure it vanishes."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+def staging_folder(within: Path, prefix: str, suffix: str = "") -> Iterator[Path]:
+    """An empty folder inside `within`, on the file system of what it will replace, so that what is built
+    in it goes into place by renames alone (see `swap_in`). It goes when the block ends, with whatever is
+    left in it (what `swap_in` moved aside included), whether the block worked or not; on failure, so do
+    the folders above it that had to be made for it."""
+    within = Path(within)
+    made = [folder for folder in (within, *within.parents) if not folder.exists()]  # deepest first
+    within.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=within))
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:  # only if empty: something else may have been written there meanwhile
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
-    backup = None
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, backup)
-    os.replace(stage, target)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def swap_in(built: Path, target: Path, stage: Path) -> None:
+    """Put `built` (a file or folder in the staging folder `stage`) where `target` is, by renames alone.
+    A folder already at `target` is first renamed into `stage` and goes with it; a file is replaced
+    in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir() and not target.is_symlink():
+        os.replace(target, Path(tempfile.mkdtemp(prefix="replaced-", dir=stage)) / target.name)
+    os.replace(built, target)
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `target`; on success it replaces `target` whole, on failure it vanishes."""
+    target = Path(target)
+    with staging_folder(target.parent, prefix=f".{target.name}.", suffix=".staging") as stage:
+        built = stage / target.name
+        built.mkdir()
+        yield built
+        swap_in(built, target, stage)
 
 
 def _topmost_missing(path: Path) -> Path | None:

@@ -29,14 +29,11 @@ and federation.yaml were rewritten along with its plan or its initial model.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
@@ -61,9 +58,9 @@ from cofe_cli.federation import (
     check_plan_unchanged,
     plan_hash,
 )
-from cofe_cli.fsutil import atomic_write_bytes
+from cofe_cli.fsutil import atomic_write_bytes, staging_folder, swap_in
 from cofe_cli.locks import federation_locked
-from cofe_cli.participant import CERT_DIR, CHAIN_FILE, Participant, is_aggregator, role_of
+from cofe_cli.participant import CERT_DIR, CHAIN_FILE, PLAN_DIR, Participant, is_aggregator, role_of
 from cofe_cli.pki.authority import CertificateAuthority
 from cofe_cli.pki.workspace_certs import CertPaths
 from cofe_cli.pki.x509 import chain_root_fingerprint
@@ -340,38 +337,53 @@ def _plans_state(site: FederationLayout, plan_files: dict[str, bytes], force: bo
     return "replaced"
 
 
-@contextlib.contextmanager
-def _staging(site: FederationLayout) -> Iterator[FederationLayout]:
-    """A staging folder inside the site (the kit is read into it: renames, not copies, put it in place).
-    It always goes; so do the site's folders it had to create, when the import fails."""
-    created = [folder for folder in (site.root, *site.root.parents) if not folder.exists()]
-    site.root.mkdir(parents=True, exist_ok=True)
-    stage = FederationLayout(Path(tempfile.mkdtemp(prefix=".cofe-import-", dir=site.root)))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage.root, ignore_errors=True)
-        for folder in created:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-    shutil.rmtree(stage.root, ignore_errors=True)
+@dataclass
+class CheckedKit:
+    """A kit read and checked against the site: what importing it changes there, nothing written yet."""
+
+    source: Path
+    kit: dict
+    manifest: Manifest
+    plan_files: dict[str, bytes | StreamedMember]  # plans/NAME: content
+    plans_action: str  # created, kept, replaced
+    workspace_action: str  # created, updated
+    workspace_files: dict[str, bytes | StreamedMember]  # relative to the workspace, beside its plan/
+    data_folder: Path | None
+    warnings: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.kit["participant"]
 
 
 def import_kit(kit_path: Path, site_dir: Path, *, data: Path | None = None, force: bool = False) -> ImportResult:
+    """Validate, stage, swap: the site changes only once everything is checked and built beside it."""
     source = Path(kit_path).expanduser()
     site = FederationLayout(site_dir)
-    with _staging(site) as stage:
+    # Inside the site: the kit is read into it, and renames, not copies, put what is built there in place.
+    with staging_folder(site.root, prefix=".cofe-import-") as stage_root:
+        stage = FederationLayout(stage_root)
         members = read_archive(source, KIT_ARCHIVE, stream_to=stage.root / "incoming")
         with federation_locked(site):  # refused while a run or a participant uses the site directory
-            return _import_members(members, source, site, stage, data=data, force=force)
+            checked = validate_kit(members, source, site, data=data, force=force)
+            stage_kit(checked, stage)
+            swap_kit(checked, site, stage)
+    name, manifest = checked.name, checked.manifest
+    this = site.participant(name, manifest)
+    workspace = this.workspace
+    template = None if this.is_aggregator else workspace / TEMPLATE_FOLDER
+    return ImportResult(name, checked.kit["role"], manifest.name, manifest.plan_sha384, manifest.fingerprint(),
+                        checked.kit["root_fingerprint"], f"{manifest.aggregator_address}:{manifest.aggregator_port}",
+                        workspace, checked.plans_action, checked.workspace_action,
+                        None if this.is_aggregator else checked.data_folder, template, checked.warnings)
 
 
-def _import_members(members: dict[str, bytes | StreamedMember], source: Path, site: FederationLayout,
-                    stage: FederationLayout, *, data: Path | None, force: bool) -> ImportResult:
+def validate_kit(members: dict[str, bytes | StreamedMember], source: Path, site: FederationLayout, *,
+                 data: Path | None, force: bool) -> CheckedKit:
+    """Check the kit's members, the site's data and what the site already holds; decide what goes where."""
     kit = _kit_manifest(members, source)
     manifest = _check_members(kit, members, source)
-    name, role = kit["participant"], kit["role"]
+    name = kit["participant"]
     this = site.participant(name, manifest)
     gandlf_config = yaml.safe_load(members[f"plans/{GANDLF_FILE}"]) or {}
     if data is not None:
@@ -389,47 +401,43 @@ def _import_members(members: dict[str, bytes | StreamedMember], source: Path, si
                         hint="pass --force to import the kit again (its key, certificates and data setting are kept)")
     workspace_action = "updated" if workspace.exists() else "created"
     warnings: list[str] = []
-
-    for filename, content in plan_files.items():
-        _place(content, stage.plans / filename)
     previous_data = collaborator_data_folder(site, name) if workspace.exists() and not this.is_aggregator else None
-    data_folder = data or previous_data
-    write_workspace(stage, name, {name: str(data_folder)} if data_folder else {})
-    staged = stage.participant(name)
-    extras = {KIT_JSON: members[KIT_JSON], README_MEMBER: members[README_MEMBER]}
+    workspace_files = {KIT_JSON: members[KIT_JSON], README_MEMBER: members[README_MEMBER]}
     if not this.is_aggregator:
-        extras |= {member: members[member] for member in TEMPLATE_MEMBERS}
+        workspace_files |= {member: members[member] for member in TEMPLATE_MEMBERS}
     elif INIT_MEMBER in members:
-        extras[INIT_STATE_PATH] = members[INIT_MEMBER]
+        workspace_files[INIT_STATE_PATH] = members[INIT_MEMBER]
     paths = CertPaths.of(this)
     chain = members[CHAIN_MEMBER]
     if not paths.cert.is_file() or not paths.chain.is_file() or paths.chain.read_bytes() == chain:
-        extras[str(paths.chain.relative_to(workspace))] = chain
+        workspace_files[str(paths.chain.relative_to(workspace))] = chain
     else:
         warnings.append(f"{name}'s certificate here comes from another CA than this kit's; make a new request "
                         f"(`cofe certify request --dir {site.root} --force`) and have it signed")
-    for relative, content in extras.items():
-        _place(content, staged.workspace / relative)
-    # Everything is staged; from here on only renames.
-    if plans_action == "created":
-        os.replace(stage.plans, site.plans)
-    elif plans_action == "kept" and INIT_MODEL in plan_files:  # the aggregator's kit joins a site
-        os.replace(stage.plans / INIT_MODEL, site.plans / INIT_MODEL)
-    elif plans_action == "replaced":
-        os.replace(site.plans, stage.root / "plans.replaced")
-        os.replace(stage.plans, site.plans)
-    if workspace_action == "created":
-        site.workspaces.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.workspace, workspace)
-    else:
-        # An existing workspace keeps cert/, save/, logs/ and local_state/: only its plan/ is swapped.
-        if this.plan_dir.exists():
-            os.replace(this.plan_dir, stage.root / "plan.replaced")
-        os.replace(staged.plan_dir, this.plan_dir)
-        for relative in extras:
-            (workspace / relative).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged.workspace / relative, workspace / relative)
-    template = None if this.is_aggregator else workspace / TEMPLATE_FOLDER
-    return ImportResult(name, role, manifest.name, manifest.plan_sha384, manifest.fingerprint(), kit["root_fingerprint"],
-                        f"{manifest.aggregator_address}:{manifest.aggregator_port}", workspace, plans_action,
-                        workspace_action, None if this.is_aggregator else data_folder, template, warnings)
+    return CheckedKit(source, kit, manifest, plan_files, plans_action, workspace_action, workspace_files,
+                      data or previous_data, warnings)
+
+
+def stage_kit(checked: CheckedKit, stage: FederationLayout) -> None:
+    """Build the site's new plans/ and the participant's workspace in the staging folder; the site is untouched."""
+    for filename, content in checked.plan_files.items():
+        _place(content, stage.plans / filename)
+    name = checked.name
+    write_workspace(stage, name, {name: str(checked.data_folder)} if checked.data_folder else {})
+    for relative, content in checked.workspace_files.items():
+        _place(content, stage.workspace(name) / relative)
+
+
+def swap_kit(checked: CheckedKit, site: FederationLayout, stage: FederationLayout) -> None:
+    """Put what `stage_kit` built in place, by renames only."""
+    if checked.plans_action in ("created", "replaced"):
+        swap_in(stage.plans, site.plans, stage.root)
+    elif INIT_MODEL in checked.plan_files:  # plans kept: the aggregator's kit joins a site
+        swap_in(stage.plans / INIT_MODEL, site.plans / INIT_MODEL, stage.root)
+    staged, workspace = stage.workspace(checked.name), site.workspace(checked.name)
+    if checked.workspace_action == "created":
+        swap_in(staged, workspace, stage.root)
+        return
+    # An existing workspace keeps cert/, save/, logs/ and local_state/: only its plan/ and the kit's files are swapped.
+    for relative in (PLAN_DIR, *checked.workspace_files):
+        swap_in(staged / relative, workspace / relative, stage.root)

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import typer
 
+from cofe_cli.commands.reports import report_finished, report_initialised, report_prepared
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
 from cofe_cli.fsutil import atomic_write_text, writing_into
+from cofe_cli.init_pipeline import InitRequest, initialise
+from cofe_cli.launch.factory import ContainerOptions, check_timeout
+from cofe_cli.launch.federation_run import prepare, run_federation
 from cofe_cli.plan.builder import check_rounds, dump_yaml
 from cofe_cli.plan.workspaces import collaborator_data_folder
-
-from cofe_cli.commands.init import InitRequest, initialise, report_initialised
-from cofe_cli.commands.run import prepare, run_federation
-from cofe_cli.launch.factory import ContainerOptions, check_timeout
 
 DEMO_SITES = ("hospital_a", "hospital_b", "hospital_c")
 DEMO_NAME = "cofe-demo"
@@ -61,9 +61,10 @@ def demo(
                               aggregator_address=CONTAINER_AGGREGATOR if containers else "localhost")
         if force and layout.is_initialised():
             report_initialised(layout, initialise(layout, request), next_steps=False)
-        manifest = prepare(layout, request)
-    run_federation(layout, manifest, restart=True, timeout=timeout,
-                   containers=ContainerOptions(image=image) if containers else None)
+        prepared = prepare(layout, request)
+        report_prepared(layout, prepared)
+    report_finished(run_federation(layout, prepared.manifest, console=console, restart=True, timeout=timeout,
+                                   containers=ContainerOptions(image=image) if containers else None))
 
 
 # What a demo folder holds: anything else there is someone's, and the demo does not write over it.

@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
 
 from cofe_cli.commands import launch_options as options
+from cofe_cli.commands.reports import report_finished, report_prepared
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
-from cofe_cli.events import read_events
-from cofe_cli.federation import FederationLayout, Manifest
+from cofe_cli.federation import FederationLayout
+from cofe_cli.init_pipeline import DEFAULT_PORT, InitRequest
+from cofe_cli.launch.factory import check_timeout, container_options_of, slurm_options_of
+from cofe_cli.launch.federation_run import prepare, run_federation
 from cofe_cli.locks import federation_locked
-from cofe_cli.launch.factory import ContainerOptions, check_timeout, container_options_of, slurm_options_of
-from cofe_cli.pki.local_issuing import certify_locally
-from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.plan.builder import ALGORITHMS
-from cofe_cli.commands.init import DEFAULT_PORT, InitRequest, initialise, report_initialised
-from cofe_cli.commands.start import clear_aggregator_state, prepare_collaborator_data
-
-
-def prepare(layout: FederationLayout, request: InitRequest | None) -> Manifest:
-    """Init and certify when they have not happened yet, so one command takes a user all the way."""
-    if not layout.is_initialised():
-        if request is None:
-            raise CofeError(f"no federation in {layout.root}",
-                            hint="run `cofe init` first, or give `cofe run` --gandlf-config and --collaborator too")
-        report_initialised(layout, initialise(layout, request), next_steps=False)
-    elif request is not None:
-        console.print(f"Using the federation already in {layout.root} (`cofe init --force` replaces it).")
-    manifest = layout.load_manifest()
-    if not all(participant_cert_paths(layout, manifest, p).present() for p in manifest.participant_names()):
-        certify_locally(layout, manifest)
-        console.print("Certificates issued from this federation's own CA (one party runs every participant).")
-    return manifest
-
-
-def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None,
-                   containers: ContainerOptions | None = None, slurm=None):
-    # Held until the report is written; the participants' `cofe start` know that through launched_env().
-    with federation_locked(layout):
-        return _run_federation(layout, manifest, restart=restart, timeout=timeout, containers=containers, slurm=slurm)
-
-
-def _run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool, timeout: float | None,
-                    containers: ContainerOptions | None, slurm):
-    from cofe_cli.launch.factory import make_launcher
-    from cofe_cli.launch.report import summary_table, write_results
-    from cofe_cli.launch.supervisor import supervise
-
-    events = layout.aggregator().events_file
-    if not restart and any(e.get("event") == "finished" for e in read_events(events)):
-        raise CofeError(f"this federation already finished all {manifest.rounds} rounds (results in {layout.results})",
-                        hint="pass --restart to train again from round 0")
-    if restart:
-        clear_aggregator_state(layout)
-    for name in manifest.collaborators:
-        prepare_collaborator_data(layout, name, None)
-    launcher = make_launcher(layout, manifest, containers=containers, slurm=slurm, restart=restart, say=console.print)
-    started = time.monotonic()
-    progress = supervise(launcher, layout, manifest, console=console, timeout=timeout)
-    results = write_results(layout, progress)
-    console.print(summary_table(progress))
-    console.print(f"[green]Federation finished[/] in {time.monotonic() - started:.0f} s. Results in {results}: "
-                  "metrics.csv, metrics.png, summary.json, final_model.pt, best_model.pt, gandlf_model/")
-    return progress
 
 
 def run(
@@ -107,5 +57,7 @@ def run(
     if request is None:
         layout.load_manifest()  # no federation and nothing to make one from: say so before a lock makes --dir
     with federation_locked(layout):  # from before init and certify, which it may do first
-        run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout,
-                       containers=container_options, slurm=slurm_options)
+        prepared = prepare(layout, request)
+        report_prepared(layout, prepared)
+        report_finished(run_federation(layout, prepared.manifest, console=console, restart=restart, timeout=timeout,
+                                       containers=container_options, slurm=slurm_options))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -19,8 +18,7 @@ from cofe_cli.locks import participant_locked
 from cofe_cli.participant import Participant
 from cofe_cli.pki.workspace_certs import require_certificates
 from cofe_cli.plan.builder import check_device
-from cofe_cli.plan.data import check_site_data
-from cofe_cli.plan.workspaces import GANDLF_FILE, aggregator_init_model, collaborator_data_folder, set_collaborator_data
+from cofe_cli.plan.workspaces import aggregator_init_model, clear_aggregator_state, prepare_collaborator_data
 from cofe_cli.ports import check_port_free
 
 app = typer.Typer(help="Run one participant of a federation (aggregator or collaborator).", no_args_is_help=True)
@@ -28,15 +26,6 @@ app = typer.Typer(help="Run one participant of a federation (aggregator or colla
 _DIR = typer.Option(Path("."), "--dir", "-d", help="Federation (or site) directory.")
 _CONTAINER = typer.Option(False, "--container", help="Run it in a container of cofe's image (see `cofe image build`).")
 _IMAGE = typer.Option(None, "--image", help="With --container: the image to run (default: cofe:VERSION).")
-
-
-def clear_aggregator_state(layout: FederationLayout) -> None:
-    for path in layout.aggregator().restart_state():
-        if path.is_dir():
-            shutil.rmtree(path)
-            path.mkdir()
-        elif path.exists():
-            path.unlink()
 
 
 @app.command("aggregator")
@@ -95,18 +84,6 @@ def collaborator(
 def _image_needs_container(image: str | None, container: bool) -> None:
     if image is not None and not container:
         raise CofeError("--image goes with --container", hint="add --container, or leave --image out")
-
-
-def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | None) -> None:
-    import yaml
-
-    gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text())
-    folder = data.expanduser().resolve() if data else collaborator_data_folder(layout, name)
-    if folder is None:
-        raise CofeError(f"{name} has no data folder yet", hint=f"start it with `cofe start collaborator {name} --data PATH`")
-    check_site_data(folder, gandlf_config)
-    if data:
-        set_collaborator_data(layout, name, folder)
 
 
 def _run_in_container(layout: FederationLayout, manifest: Manifest, participant: str, *, image: str | None,

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, PLAN_FILE, FederationLayout, Manifest
 from cofe_cli.fsutil import atomic_write_text
 from cofe_cli.participant import COLS_FILE, PLAN_DIR
 from cofe_cli.plan.builder import INIT_STATE_PATH, dump_yaml, render_cols, render_data_config
+from cofe_cli.plan.data import check_site_data
 
 GANDLF_FILE = "gandlf_config.yaml"
 INIT_MODEL = Path(INIT_STATE_PATH).name  # plans/init.pbuf, copied to the aggregator's save/
@@ -87,3 +89,23 @@ def collaborator_data_folder(layout: FederationLayout, name: str) -> Path | None
             if entry == name and path:
                 return Path(path)
     return None
+
+
+def clear_aggregator_state(layout: FederationLayout) -> None:
+    for path in layout.aggregator().restart_state():
+        if path.is_dir():
+            shutil.rmtree(path)
+            path.mkdir()
+        elif path.exists():
+            path.unlink()
+
+
+def prepare_collaborator_data(layout: FederationLayout, name: str, data: Path | None) -> None:
+    """Check the collaborator's data folder (`data`, or the one it was given before) and remember a new one."""
+    gandlf_config = yaml.safe_load((layout.plans / GANDLF_FILE).read_text())
+    folder = data.expanduser().resolve() if data else collaborator_data_folder(layout, name)
+    if folder is None:
+        raise CofeError(f"{name} has no data folder yet", hint=f"start it with `cofe start collaborator {name} --data PATH`")
+    check_site_data(folder, gandlf_config)
+    if data:
+        set_collaborator_data(layout, name, folder)

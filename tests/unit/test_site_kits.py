@@ -6,6 +6,7 @@ No torch: the federation is made with cofe's own builders (a stand-in init.pbuf)
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import hashlib
 import io
@@ -26,6 +27,8 @@ from cli_assertions import ok, refused
 from unit_federation import gandlf_config, write_federation
 from volumes import write_volume
 
+from cofe_cli import site_kits
+from cofe_cli.archive import read_archive
 from cofe_cli.federation import AGGREGATOR, FederationLayout, federation_fingerprint, plan_hash
 from cofe_cli.pki import CertificateAuthority
 from cofe_cli.plan.workspaces import CollaboratorData, collaborator_data_folder
@@ -387,6 +390,59 @@ def test_import_over_another_federation_needs_force(coordinator: Coordinator, tm
     assert tree(site) == before
     ok(cofe("import", coordinator.kit_a, "--dir", site, "--force", cwd=tmp_path))
     assert (site / "plans" / "plan.yaml").read_bytes() == (coordinator.fed.plans / "plan.yaml").read_bytes()
+
+
+# ---------------------------------------------------------------- validate, stage, swap
+
+
+def fill_the_disk_at_the_third_write(monkeypatch) -> list[Path]:
+    """Every file of a kit is written into the staging folder through site_kits._place: the third one finds
+    the disk full. Returns the paths it was asked to write."""
+    place, asked = site_kits._place, []
+
+    def place_until_full(content, target: Path) -> None:
+        asked.append(target)
+        if len(asked) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        place(content, target)
+
+    monkeypatch.setattr(site_kits, "_place", place_until_full)
+    return asked
+
+
+def test_validating_a_kit_writes_nothing_and_says_what_importing_it_does(coordinator: Coordinator,
+                                                                        tmp_path: Path) -> None:
+    site = FederationLayout(tmp_path / "SITE")
+    ok(cofe("import", coordinator.kit_a, "--dir", site.root, cwd=tmp_path))
+    before = tree(site.root)
+    members = read_archive(coordinator.kit_agg, site_kits.KIT_ARCHIVE, stream_to=tmp_path / "incoming")
+    checked = site_kits.validate_kit(members, coordinator.kit_agg, site, data=None, force=False)
+    assert (checked.name, checked.plans_action, checked.workspace_action) == (AGGREGATOR, "kept", "created")
+    assert "init.pbuf" in checked.plan_files and checked.warnings == []
+    assert tree(site.root) == before
+
+
+def test_a_failure_while_staging_a_kit_leaves_the_site_as_it_was(coordinator: Coordinator, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    site = FederationLayout(tmp_path / "SITE")
+    ok(cofe("import", coordinator.kit_a, "--dir", site.root, cwd=tmp_path))
+    key = site.workspace("hospital_a") / "cert" / "client" / "col_hospital_a.key"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(b"the site's key")
+    before = tree(site.root)
+    asked = fill_the_disk_at_the_third_write(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        site_kits.import_kit(coordinator.kit_a, site.root, data=write_data(tmp_path / "data"), force=True)
+    assert asked[-1].relative_to(site.root).parts[0].startswith(".cofe-import-"), "it failed while staging"
+    assert tree(site.root) == before, "the workspace, its plan, its key and the site's plans are untouched"
+
+
+def test_a_failure_while_staging_a_kit_in_a_new_folder_leaves_no_folder(coordinator: Coordinator, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    fill_the_disk_at_the_third_write(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        site_kits.import_kit(coordinator.kit_agg, tmp_path / "new" / "SITE")
+    assert not (tmp_path / "new").exists()
 
 
 # ---------------------------------------------------------------- the initial model is part of the federation's identity
