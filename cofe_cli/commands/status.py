@@ -14,9 +14,11 @@ _DIR = typer.Option(Path("."), "--dir", "-d", help="Federation directory.")
 
 
 def status(dir: Path = _DIR) -> None:
-    """What runs for the federation: per participant its launcher (`cofe run`, with --containers or --slurm,
-    or `cofe start`), pid, container or Slurm job, state, host or node, and since when. Exit code 0, also
-    when nothing runs."""
+    """What runs for the federation, however it was launched (processes, containers, Slurm, `cofe start`).
+
+    Per participant: what launched it (`cofe run`, with --containers or --slurm, or `cofe start`), its pid, container or Slurm job, state, host or node, and since when.
+
+    Exit code 0, also when nothing runs (it says so)."""
     from cofe_cli.launch.status import command_of, launches_participants, snapshot
 
     found = snapshot(FederationLayout(dir))
@@ -39,11 +41,11 @@ def status(dir: Path = _DIR) -> None:
 
 
 def stop(dir: Path = _DIR) -> None:
-    """Stop everything that runs for the federation: SIGTERM to `cofe run` (which stops its processes,
-    containers or Slurm jobs) and to any `cofe start` of it on this host, then stop containers and
-    cancel Slurm jobs left running; waits up to 2 minutes until all is gone. Exit code 0 when nothing
-    of the federation runs any more (also when nothing ran), 1 when something still runs (on another
-    host, or it did not end in time), 2 when DIR is no federation."""
+    """Stop everything that runs for the federation, and wait until it is gone.
+
+    SIGTERM to `cofe run` (it stops its processes, containers or Slurm jobs as on a Ctrl-C) and to every `cofe start` of the federation on this host; then containers and Slurm jobs left running by a killed `cofe run` are stopped. Waits up to 2 minutes.
+
+    Exit code 0 when nothing of the federation runs any more (also when nothing ran), 1 when something still runs (a command on another host, or one that did not end in time), 2 when DIR holds no federation."""
     from cofe_cli.launch.status import stop as stop_federation
 
     layout = FederationLayout(dir)

@@ -105,9 +105,14 @@ def _local_time(epoch: float) -> str:
 
 
 def snapshot(layout: FederationLayout) -> Snapshot:
-    manifest = layout.load_manifest()  # a clear error when DIR is no federation
     found = Snapshot(layout, holder=holder_of(layout.root))
-    for name in (AGGREGATOR, *manifest.collaborators):
+    try:
+        participants = (AGGREGATOR, *layout.load_manifest().collaborators)
+    except CofeError:
+        if found.holder is None:
+            raise  # DIR is no federation, and nothing is making one
+        participants = ()  # a `cofe run --gandlf-config` initialising it
+    for name in participants:
         holder = holder_of(layout.workspace(name))
         # `cofe run` holds every workspace too: only a different holder is a `cofe start` of its own.
         if holder is not None and (found.holder is None or (holder.pid, holder.host) != (found.holder.pid, found.holder.host)):

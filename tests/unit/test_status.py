@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cli_assertions import ok, run_cofe
+from cli_assertions import ok, refused, run_cofe
 from unit_federation import gandlf_config, write_federation
 
 from cofe_cli.federation import AGGREGATOR
@@ -200,3 +200,13 @@ def test_participant_of_reads_a_cofe_start_command_line() -> None:
     assert participant_of(["python", "-m", "cofe_cli", "start", "aggregator", "--dir", "/f"]) == AGGREGATOR
     assert participant_of(["cofe", "start", "collaborator", "site_a", "--dir", "/f"]) == "site_a"
     assert participant_of(["cofe", "run", "--dir", "/start"]) is None
+
+
+def test_a_run_still_initialising_its_federation_is_shown(tmp_path: Path, commands) -> None:
+    """`cofe run --gandlf-config ...` holds the directory before federation.yaml exists."""
+    fed = tmp_path / "new"
+    refused(run_cofe("status", "--dir", fed, cwd=tmp_path), "no federation in")
+    run = commands(fed, ["run", "--dir", str(fed), "--gandlf-config", "g.yaml"], "federation_locked(layout)")
+    status = ok(run_cofe("status", "--dir", fed, cwd=tmp_path))
+    assert f"cofe run runs the federation in {fed}: pid {run.pid}" in status.stdout
+    assert "Nothing is running" not in status.stdout
