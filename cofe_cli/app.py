@@ -11,7 +11,7 @@ from cofe_cli import __version__
 from cofe_cli.commands import certify, demo, image, init, run, start
 from cofe_cli.commands import kit
 from cofe_cli.commands import doctor
-from cofe_cli.commands import slurm_jobs
+from cofe_cli.commands import status
 from cofe_cli.commands import evaluate, export_model, infer
 from cofe_cli.console import err_console, print_error
 from cofe_cli.errors import CofeError, FederationFailed, os_failure
@@ -53,8 +53,8 @@ kit.export_app.command("model")(export_model.export_model)
 app.add_typer(kit.export_app, name="export")
 app.command("import")(kit.import_kit)
 app.command("doctor")(doctor.doctor)
-app.command("status")(slurm_jobs.status)
-app.command("stop")(slurm_jobs.stop)
+app.command("status")(status.status)
+app.command("stop")(status.stop)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,6 +37,7 @@ from cofe_cli.federation import FederationLayout
 
 LOCK_FILE = ".cofe.lock"
 LOCKS_HELD_ENV = "COFE_LOCKS_HELD_BY"  # the pid of the launcher that holds this participant's locks
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"  # a holder's `since`, in local time
 
 # Locks this process holds, by the lock file's (device, inode): taking one again is a no-op, since a
 # second flock on a new descriptor of the same file would be refused by our own first one.
@@ -50,13 +51,26 @@ class Holder:
     since: str
     host: str
 
+    @property
+    def is_here(self) -> bool:
+        """On this host: its pid can be signalled and its children seen from here."""
+        return self.host == socket.gethostname()
+
+    @property
+    def argv(self) -> list[str]:
+        """The holder's command line as words (`cofe`, the command, its options)."""
+        try:
+            return shlex.split(self.command)
+        except ValueError:
+            return self.command.split()
+
     def describe(self) -> str:
-        where = "" if self.host == socket.gethostname() else f" on {self.host}"
+        where = "" if self.is_here else f" on {self.host}"
         return f"pid {self.pid}{where} (`{self.command}`, since {self.since})"
 
     @classmethod
     def of_this_process(cls) -> "Holder":
-        return cls(pid=os.getpid(), command=_command_line(), since=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        return cls(pid=os.getpid(), command=_command_line(), since=time.strftime(TIME_FORMAT),
                    host=socket.gethostname())
 
 
@@ -86,9 +100,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _refusal(what: str, fd: int) -> CofeError:
-    holder = _read_holder(fd)
-    by = holder.describe() if holder else "another cofe command"
+def _refusal(what: str, holder: Holder | None) -> CofeError:
+    by = holder.describe() if holder and holder.pid else "another cofe command"
     return CofeError(f"{what} is in use by {by}",
                      hint="wait until it ends or stop it: two cofe commands must not write to one federation at once")
 
@@ -136,7 +149,7 @@ def _take(path: Path, what: str) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            error = _refusal(what, fd)
+            error = _refusal(what, _read_holder(fd))
             os.close(fd)
             raise error from None
         except OSError as exc:
@@ -175,24 +188,33 @@ def locked(directory: Path, what: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def check_unlocked(directory: Path, what: str) -> None:
-    """Raise a CofeError naming the holder if a command holds `directory`/.cofe.lock; takes nothing."""
+def holder_of(directory: Path) -> Holder | None:
+    """Who holds `directory`/.cofe.lock now (not this process), or None when nobody does; takes nothing.
+    A holder that left no record (a read-only descriptor, or caught between locking and writing) has pid 0."""
     try:
         fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return  # never locked (or not visible here, as FED/ inside a container)
+        return None  # never locked (or not visible here, as FED/ inside a container)
     try:
         if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) in _held:
-            return
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: two `cofe start` check at once
         except BlockingIOError:
-            raise _refusal(what, fd) from None
+            return _read_holder(fd) or Holder(pid=0, command="", since="", host=socket.gethostname())
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
+        return None
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the shared lock
+
+
+def check_unlocked(directory: Path, what: str) -> None:
+    """Raise a CofeError naming the holder if a command holds `directory`/.cofe.lock; takes nothing."""
+    holder = holder_of(directory)
+    if holder is not None:
+        raise _refusal(what, holder)
 
 
 def _federation(layout: FederationLayout) -> str:

@@ -85,5 +85,8 @@ def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: C
     from cofe_cli.ports import check_port_free
 
     check_port_free(manifest.aggregator_port)
+    # The participants would die with this process, but a `kill` (`cofe stop`) must end it like a Ctrl-C:
+    # each participant's process group stopped, and the run's end reported.
+    signal.signal(signal.SIGTERM, _interrupt)
     say(f"Starting the aggregator and {count} collaborator(s) as separate processes ({endpoint})...")
     return ProcessFederation(layout, manifest)

@@ -13,7 +13,8 @@ certificate names), so the aggregator's job must run where that address leads.
   when the cluster's nodes are on more than one host the collaborators are pinned to the aggregator's node.
 - Anything else (a login host that forwards the port, a service name): used as is, with a warning.
 The aggregator's job is submitted first; the collaborators are submitted once it is RUNNING on a known
-node (they retry the connection until it listens).
+node (they retry the connection until it listens): start() leaves that to a thread, which waits until
+the supervisor's polling (states(), which only queries) has seen the aggregator running.
 
 The sbatch scripts are kept in FED/slurm/<participant>.sbatch, the job ids in FED/slurm/jobs.json.
 """
@@ -27,6 +28,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +211,7 @@ class JobInfo:
     reason: str = ""
     exit_code: int | None = None
     signal: int = 0
+    start: str = ""  # when it started running (Slurm's local time, 2026-01-31T12:00:00), "" while pending
 
     @property
     def active(self) -> bool:
@@ -219,12 +222,12 @@ def query_jobs(job_ids: list[str]) -> dict[str, JobInfo]:
     """States and nodes from one squeue; exit codes from `scontrol show job` for the jobs that ended."""
     if not job_ids:
         return {}
-    result = _slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%r"])
+    result = _slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%r|%S"])
     found: dict[str, JobInfo] = {}
     for line in result.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 4 and parts[0] in job_ids:
-            found[parts[0]] = JobInfo(parts[0], parts[1], parts[2], parts[3])
+        if len(parts) >= 4 and parts[0] in job_ids:
+            found[parts[0]] = JobInfo(parts[0], parts[1], parts[2], parts[3], start=_start_time(parts[4:]))
     for job in job_ids:
         info = found.get(job)
         if info is None or not info.active:
@@ -241,7 +244,14 @@ def show_job(job_id: str) -> JobInfo | None:
     state = fields.get("JobState", "UNKNOWN")
     node = fields.get("NodeList", "")
     return JobInfo(job_id, state, "" if node == "(null)" else node, fields.get("Reason", ""),
-                   exit_code=int(code) if code.isdigit() else None, signal=int(sig) if sig.isdigit() else 0)
+                   exit_code=int(code) if code.isdigit() else None, signal=int(sig) if sig.isdigit() else 0,
+                   start=_start_time([fields.get("StartTime", "")]))
+
+
+def _start_time(values: list[str]) -> str:
+    # Slurm writes N/A, Unknown or None, or a pending job's expected start, until the job runs.
+    value = values[0] if values else ""
+    return value if re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$", value) else ""
 
 
 def returncode_of(info: JobInfo) -> int | None:
@@ -348,6 +358,9 @@ class SlurmFederation:
         self._jobs = {name: _Job(name) for name in self.participants()}
         self._last_query = 0.0
         self._unanswered_since: float | None = None
+        self._stopping = threading.Event()
+        self._submitter: threading.Thread | None = None
+        self._submit_error: BaseException | None = None
 
     def participants(self) -> list[str]:
         return list(self.manifest.participant_names())
@@ -387,6 +400,30 @@ class SlurmFederation:
         if not hasattr(self, "_hosts"):
             self.check()
         self._submit(AGGREGATOR, nodelist=self._pin)
+        # The collaborators' jobs must wait for the aggregator's node (see the module's docstring), and the
+        # supervisor must go on polling, showing progress and honouring --timeout and Ctrl-C meanwhile.
+        self._submitter = threading.Thread(target=self._submit_collaborators_once_aggregator_runs, daemon=True,
+                                           name="slurm-collaborators")
+        self._submitter.start()
+
+    def _submit_collaborators_once_aggregator_runs(self) -> None:
+        try:
+            while not self._stopping.wait(QUERY_INTERVAL / 4):
+                aggregator = self._jobs[AGGREGATOR].info  # as states() last saw it
+                if aggregator and not aggregator.active:
+                    return  # it ended before it ran: the supervisor reports that
+                if aggregator and aggregator.state == "RUNNING" and aggregator.node:
+                    nodes = None
+                    if placement(self.manifest.aggregator_address, self._hosts)[1] == "loopback" \
+                            and len(set(self._hosts.values())) > 1:
+                        nodes = aggregator.node
+                    for name in self.manifest.collaborators:
+                        if self._stopping.is_set():
+                            return
+                        self._submit(name, nodelist=nodes)
+                    return
+        except BaseException as exc:  # a refused submission: states() raises it in the supervisor
+            self._submit_error = exc
 
     def _submit(self, name: str, nodelist: str | None = None) -> None:
         job = self._jobs[name]
@@ -402,6 +439,8 @@ class SlurmFederation:
         return [j.job_id for j in self._jobs.values() if j.job_id]
 
     def states(self) -> dict[str, ParticipantState]:
+        if self._submit_error is not None:
+            raise self._submit_error
         now = time.monotonic()
         if now - self._last_query >= QUERY_INTERVAL:
             self._last_query = now
@@ -422,23 +461,11 @@ class SlurmFederation:
                             self._say(f"{job.name}: job {job.job_id} running on {job.info.node}")
                         elif job.info.state == "PENDING" and job.info.reason not in ("None", ""):
                             self._say(f"{job.name}: job {job.job_id} pending ({job.info.reason})")
-            aggregator = self._jobs[AGGREGATOR].info
-            pending = [j for j in self._jobs.values() if j.job_id is None]
-            if pending and aggregator and aggregator.state == "RUNNING" and aggregator.node:
-                nodes = None
-                if placement(self.manifest.aggregator_address, self._hosts)[1] == "loopback" \
-                        and len(set(self._hosts.values())) > 1:
-                    nodes = aggregator.node
-                for job in pending:
-                    self._submit(job.name, nodelist=nodes)
         states = {}
         for name, job in self._jobs.items():
             code = returncode_of(job.info) if job.info else None  # None too while not yet submitted
             states[name] = ParticipantState(name=name, returncode=code, peak_rss=0)  # no accounting: unknown
         return states
-
-    def jobs(self) -> dict[str, JobInfo | None]:
-        return {name: job.info for name, job in self._jobs.items()}
 
     def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]:
         tail = tail_lines(self.log_path(name), lines, since)
@@ -454,6 +481,9 @@ class SlurmFederation:
         return self.layout.participant(name).log_file
 
     def stop(self, grace: float = 10.0) -> None:
+        self._stopping.set()
+        if self._submitter is not None:
+            self._submitter.join()  # at most one sbatch away: then no job is submitted after the cancel
         jobs = self._submitted()
         if not jobs:
             return

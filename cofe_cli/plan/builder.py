@@ -31,7 +31,6 @@ MAX_EPOCHS_PER_ROUND = 1_000
 # What torch trains on in a GaNDLF task runner: the CPU or an NVIDIA GPU (the first, or number N).
 _DEVICE = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
 
-VALIDATION_TASKS = ("aggregated_model_validation", "locally_tuned_model_validation")
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
 
 

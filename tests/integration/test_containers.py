@@ -5,6 +5,7 @@ finish, a dying collaborator stops the rest, and nothing of a run is left on the
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 
@@ -155,6 +156,35 @@ def test_ctrl_c_stops_and_removes_every_container(tmp_path, site_data, fast_conf
     assert run.returncode == 130, output[-4000:]
     assert "interrupted: every participant was stopped" in output
     assert leftovers(container_engine, fed) == NOTHING_LEFT
+
+
+def test_status_lists_the_containers_of_a_run_and_stop_ends_it(tmp_path, site_data, fast_config, container_engine,
+                                                               container_image):
+    fed = tmp_path / "fed"
+    run = cofe_background("run", "--dir", fed, "--containers", "--image", container_image, "--gandlf-config", fast_config,
+                          *collaborator_args(site_data), "--rounds", 20, "--port", free_port(), "--timeout", 900,
+                          log=tmp_path / "run.out")
+    layout = FederationLayout(fed)
+    try:
+        deadline = time.monotonic() + 600
+        while len([c for c in container_engine.containers.list(filters={"label": f"{LABEL_FEDERATION}={federation_id(layout)}"})
+                   if c.status == "running"]) < 3:
+            assert run.poll() is None, (tmp_path / "run.out").read_text(errors="replace")[-4000:]
+            assert time.monotonic() < deadline, "the containers never ran"
+            time.sleep(1)
+        status = cofe("status", "--dir", fed, env={**os.environ, "COLUMNS": "250"}, timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+        for name in ("aggregator", *SITES):
+            row = next(line for line in status.stdout.splitlines() if container_name(layout, name) in line)
+            assert row.split("│")[1].strip() == name and "cofe run --containers" in row and "running" in row, row
+        stopped = cofe("stop", "--dir", fed, timeout=180)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert f"Stopped cofe run --containers (pid {run.pid}" in stopped.stdout
+        assert run.wait(timeout=10) == 130
+    finally:
+        stop_all([run])
+    assert leftovers(container_engine, fed) == NOTHING_LEFT
+    assert "Nothing is running" in cofe("status", "--dir", fed, timeout=60).stdout
 
 
 def test_clear_errors_for_a_localhost_aggregator_and_a_missing_image(tmp_path, site_data, fast_config, container_engine):

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import socket
+import time
 
+import psutil
 import pytest
 
-from federation_helpers import SITES, cofe, collaborator_args, free_port, processes_using
+from federation_helpers import SITES, cofe, cofe_background, collaborator_args, free_port, processes_using
 
 pytestmark = pytest.mark.federation
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
@@ -66,3 +70,43 @@ def test_failing_collaborator_stops_everyone(tmp_path, site_data, fast_config):
     assert "site_b exited with code" in result.stderr
     assert "Traceback" not in result.stderr.split("last log lines")[0]
     assert processes_using(fed) == []
+
+
+def _status_rows(fed) -> dict[str, str]:
+    """Participant -> its row in `cofe status`'s table ({} before `cofe run` has taken the directory)."""
+    shown = cofe("status", "--dir", fed, env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}, timeout=60)
+    if shown.returncode == 2 and "no federation in" in shown.stderr:
+        return {}
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return {line.split("│")[1].strip(): line for line in shown.stdout.splitlines()
+            if line.count("│") > 2 and line.split("│")[1].strip() in ("aggregator", *SITES)}
+
+
+def test_status_lists_a_running_federation_and_stop_ends_it(tmp_path, site_data, fast_config):
+    fed = tmp_path / "fed"
+    run = cofe_background("run", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(site_data),
+                          "--rounds", 50, "--port", free_port(), "--timeout", 900, log=tmp_path / "run.log")
+    try:
+        deadline = time.monotonic() + 600
+        while len(rows := _status_rows(fed)) < 3 or not all("running" in row for row in rows.values()):
+            assert run.poll() is None, (tmp_path / "run.log").read_text(errors="replace")[-4000:]
+            assert time.monotonic() < deadline, f"the participants never ran: {rows}"
+            time.sleep(2)
+        participants = [p.pid for p in psutil.Process(run.pid).children() if "start" in p.cmdline()]
+        assert len(participants) == 3
+        for name, row in rows.items():
+            assert "cofe run" in row and socket.gethostname() in row, row
+            assert any(f"pid {pid}" in row for pid in participants), row
+
+        started = time.monotonic()
+        stopped = cofe("stop", "--dir", fed, timeout=180)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert f"Stopped cofe run (pid {run.pid}" in stopped.stdout
+        print(f"\ncofe stop ended the run and its 3 participants in {time.monotonic() - started:.1f} s")
+        assert run.wait(timeout=10) == 130
+        assert "interrupted: every participant was stopped" in (tmp_path / "run.log").read_text(errors="replace")
+        assert processes_using(fed) == [], "no participant (nor any of its children) outlives the run"
+        assert "Nothing is running" in cofe("status", "--dir", fed, timeout=60).stdout
+    finally:
+        if run.poll() is None:
+            run.kill()

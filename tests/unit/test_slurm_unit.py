@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,30 +193,43 @@ def test_jobs_file_round_trip(layout):
     assert slurm.read_jobs(layout)["jobs"]["site_a"]["script"] == str(layout.root / "slurm" / "site_a.sbatch")
 
 
-def _federation(root: Path) -> FederationLayout:
-    import yaml
-
+def test_polling_submits_nothing(fake_slurm, layout, monkeypatch):
+    """The collaborators' jobs are submitted by start()'s thread once the aggregator runs, pinned to its node
+    (a loopback address on a cluster of two hosts); states() only asks Slurm. It used to submit them itself."""
     from cofe_cli.federation import Manifest
+    from cofe_cli.launch.slurm import SlurmFederation
 
-    layout = FederationLayout(root)
-    layout.plans.mkdir(parents=True)
-    manifest = Manifest(name="f", collaborators=("site_a",), rounds=1, aggregator_address="localhost",
+    submitted = fake_slurm / "submitted"
+    _fake_tool(fake_slurm, "sinfo", "echo 'debug*'")
+    _fake_tool(fake_slurm, "scontrol", '[ "$3" = node ] && printf "NodeName=n1 NodeHostName=h1\\nNodeName=n2 NodeHostName=h2\\n"')
+    _fake_tool(fake_slurm, "sbatch", f'[ "$2" = --test-only ] && exit 0\nn=$(($(cat {submitted} 2>/dev/null | wc -l) + 7))\n'
+                                     f'echo "$n $(grep -o -- "--nodelist=[a-z0-9]*" "$2")" >> {submitted}\necho $n')
+    _fake_tool(fake_slurm, "scancel", f'touch {fake_slurm / "cancelled"}')
+    _fake_tool(fake_slurm, "squeue", f'if [ -e {fake_slurm / "cancelled"} ]; then s=CANCELLED; else s=RUNNING; fi\n'
+                                     'for j in $(echo "$5" | tr , " "); do echo "$j|$s|n2|None"; done')
+    manifest = Manifest(name="f", collaborators=("site_a", "site_b"), rounds=1, aggregator_address="localhost",
                         aggregator_port=50051, algorithm="fedavg", plan_sha384="0" * 96, versions={})
-    layout.manifest_file.write_text(yaml.safe_dump(manifest.to_dict()))
-    return layout
+    launcher = SlurmFederation(layout, manifest)
+    submitters = []
+    real_submit = slurm.submit
 
+    def submit(script, **kwargs):
+        if not kwargs.get("test_only"):
+            submitters.append((script.stem, threading.current_thread().name))
+        return real_submit(script, **kwargs)
 
-def _cli(*args: str):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "cofe_cli", *args], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
-
-
-def test_status_and_stop_without_jobs_say_how_to_start(tmp_path):
-    layout = _federation(tmp_path / "fed")
-    for command in ("status", "stop"):
-        done = _cli(command, "--dir", str(layout.root))
-        assert done.returncode == 2 and "no Slurm jobs recorded" in done.stderr, done.stderr
-
+    monkeypatch.setattr(slurm, "submit", submit)
+    launcher.check()
+    launcher.start()
+    try:
+        for _ in range(100):
+            launcher.states()
+            if len(submitted.read_text().splitlines()) == 3:
+                break
+            time.sleep(0.1)
+        assert submitted.read_text().splitlines() == ["7 ", "8 --nodelist=n2", "9 --nodelist=n2"]
+        assert [who for who in submitters if who[0] != "aggregator"] == [("site_a", "slurm-collaborators"),
+                                                                         ("site_b", "slurm-collaborators")]
+        assert slurm.recorded_job_ids(layout) == {"aggregator": "7", "site_a": "8", "site_b": "9"}
+    finally:
+        launcher.stop()
