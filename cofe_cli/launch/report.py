@@ -6,11 +6,13 @@ import csv
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 from rich.table import Table
 
-from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.events import read_events
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.engine.gandlf_model import MODEL_DIR
 from cofe_cli.fsutil import atomic_write_text, staged_dir
 from cofe_cli.launch.progress import SHORT_TASK, FederationProgress
@@ -18,6 +20,17 @@ from cofe_cli.metrics import headline_metric
 
 METRICS_FILE = "metrics.csv"
 MODELS = {"last.pbuf": "final_model.pbuf", "best.pbuf": "best_model.pbuf", "last.pt": "final_model.pt", "best.pt": "best_model.pt"}
+
+
+def write_results_from_log(layout: FederationLayout, manifest: Manifest) -> Path:
+    """results/ of a federation whose aggregator ran on its own (`cofe start aggregator`), rebuilt from
+    its whole event log: every attempt of a resumed federation (after a crash or kill) counts."""
+    events = list(read_events(layout.workspace(AGGREGATOR) / "logs" / "events.jsonl"))
+    started = min((e["time"] for e in events if e.get("event") == "started"), default=time.time())
+    progress = FederationProgress(manifest, started=started)
+    progress.add_history(events)
+    progress.finished = True
+    return write_results(layout, progress)
 
 
 def write_results(layout: FederationLayout, progress: FederationProgress) -> Path:
