@@ -11,7 +11,7 @@ first (the first one includes every process's start-up):
 - notify   = the last site to get its tasks, after the round began;
 - close    = the round's end, after its last result.
 
-    python benchmarks/round_latency.py [--sites 3] [--rounds 4] [--keep DIR]
+    python benchmarks/round_latency.py [--sites 3] [--rounds 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run_demo(folder: Path, *, sites: int, rounds: int, env: dict[str, str]) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the demo folders here")
     args = parser.parse_args()
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="round-latency-"))

@@ -14,7 +14,7 @@ from rich.table import Table
 from cofe_cli.events import read_events
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.engine.gandlf_model import MODEL_DIR
-from cofe_cli.fsutil import atomic_write_text, staged_dir
+from cofe_cli.fsutil import atomic_write_text, staged_dir, staged_file
 from cofe_cli.launch.progress import SHORT_TASK, FederationProgress
 from cofe_cli.metrics import headline_metric
 
@@ -45,7 +45,8 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
     save = layout.workspace(AGGREGATOR) / "save"
     for source, target in MODELS.items():
         if (save / source).is_file():
-            shutil.copyfile(save / source, results / target)
+            with staged_file(results / target) as partial:  # a run killed mid-copy leaves the old file
+                shutil.copyfile(save / source, partial)
     if (save / MODEL_DIR).is_dir():
         with staged_dir(results / MODEL_DIR) as stage:
             shutil.copytree(save / MODEL_DIR, stage, dirs_exist_ok=True)

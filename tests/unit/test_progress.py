@@ -57,6 +57,12 @@ def test_a_line_cut_short_by_a_killed_aggregator_is_skipped_not_fatal(tmp_path):
     assert [(e["event"], e["resumed"]) for e in EventTail(path).new_events()] == [("started", False), ("started", True)]
 
 
+def test_an_aggregator_restarted_after_the_last_round_is_not_shown_in_a_round_past_the_last():
+    progress = FederationProgress(MANIFEST, started=0)
+    line = progress.apply({"event": "started", "round": 2, "rounds": 2, "resumed": True, "time": 1.0})
+    assert line == "aggregator restarted after all 2 rounds: telling the sites to quit, writing the models"
+
+
 def test_results_are_rebuilt_from_the_whole_event_log_of_a_resumed_federation(tmp_path):
     from cofe_cli.launch.report import write_results_from_log
 
