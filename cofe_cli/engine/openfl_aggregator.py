@@ -51,7 +51,7 @@ class ObservedAggregator(Aggregator):
         self._announced: set[tuple[str, int]] = set()
         callbacks = list(callbacks or []) + [_RoundEvents(self.events)]
         # A restarted aggregator replays from its database (local_state/tensor.db) every result it had
-        # stored, and may close a round while doing so: what it reports then goes to the log as usual.
+        # stored; a round those results complete is closed once OpenFL's __init__ is done (below).
         super().__init__(callbacks=callbacks, **kwargs)
         as_openfl = os.environ.get(OPENFL_ROUNDS_ENV) == "1"
         # Secure aggregation's set-up holds on to OpenFL's own TensorDB.

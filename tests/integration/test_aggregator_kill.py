@@ -71,6 +71,12 @@ def test_aggregator_killed_at_three_moments_resumes_and_finishes(tmp_path, site_
     assert sorted({e["round"] for e in events if e["event"] == "round_end"}) == list(range(ROUNDS))
     assert [e["rounds"] for e in events if e["event"] == "finished"] == [ROUNDS]
     assert max(e.get("round", 0) for e in events if e["event"] == "tasks") == ROUNDS - 1  # no extra round
+    # Rounds 2 and 3 began while the aggregator ran: a waiting site heard of them within a poll (OpenFL
+    # made it wait up to 10 s).
+    for round_number in (1, 2):
+        began = next(e["time"] for e in events if e["event"] == "round_end" and e["round"] == round_number - 1)
+        told = {e["collaborator"]: e["time"] for e in reversed(events) if e["event"] == "tasks" and e["round"] == round_number}
+        assert set(told) == set(SITES) and max(told.values()) - began < 3, (round_number, began, told)
 
     with (fed / "results" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
