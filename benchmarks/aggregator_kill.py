@@ -66,15 +66,17 @@ def events(fed: Path) -> list[dict]:
     return list(read_events(fed / "workspaces" / "aggregator" / "logs" / "events.jsonl"))
 
 
-def run_once(fed: Path, config: Path, data: dict[str, Path], rounds: int, kill_after: list[float]) -> tuple[bool, str, float]:
-    """One federation, the aggregator killed after each delay (seconds from its start); whether it
-    finished correctly, why not, and how long it ran."""
+def run_once(fed: Path, config: Path, data: dict[str, Path], rounds: int,
+             kill_after: list[float]) -> tuple[bool, str, float, int]:
+    """One federation, the aggregator killed after each delay (seconds from its latest start); whether
+    it finished correctly, why not, how long it ran, and how many kills happened (the federation may
+    finish before a late moment)."""
     args = [arg for name, folder in data.items() for arg in ("--collaborator", f"{name}={folder}")]
     cofe("init", "--dir", fed, "--gandlf-config", config, *args, "--rounds", rounds, "--port", free_port())
     cofe("certify", "--dir", fed)
     logs = fed.parent / f"{fed.name}-logs"
     logs.mkdir()
-    started = time.monotonic()
+    started, kills = time.monotonic(), 0
     aggregator = background("start", "aggregator", "--dir", fed, log=logs / "aggregator.out")
     collaborators = [background("start", "collaborator", name, "--dir", fed, log=logs / f"{name}.out") for name in SITES]
     try:
@@ -86,6 +88,7 @@ def run_once(fed: Path, config: Path, data: dict[str, Path], rounds: int, kill_a
                 break  # it finished before this moment: nothing left to kill
             os.kill(aggregator.pid, signal.SIGKILL)
             aggregator.wait()
+            kills += 1
             aggregator = background("start", "aggregator", "--dir", fed, log=logs / "aggregator.out")
         for proc in [aggregator, *collaborators]:
             proc.wait(timeout=900)
@@ -96,8 +99,8 @@ def run_once(fed: Path, config: Path, data: dict[str, Path], rounds: int, kill_a
     elapsed = time.monotonic() - started
     codes = [aggregator.returncode, *(proc.returncode for proc in collaborators)]
     if codes != [0] * len(codes):
-        return False, f"exit codes {codes}", elapsed
-    return (*check_federation(fed, rounds), elapsed)
+        return False, f"exit codes {codes}", elapsed, kills
+    return (*check_federation(fed, rounds), elapsed, kills)
 
 
 def check_federation(fed: Path, rounds: int) -> tuple[bool, str]:
@@ -136,22 +139,23 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         config, data = prepare(scratch)
-        ok, why, span = run_once(scratch / "reference", config, data, args.rounds, [])
+        ok, why, span, _ = run_once(scratch / "reference", config, data, args.rounds, [])
         print(f"reference run, no kill: {why} in {span:.0f} s; kills drawn from its first {0.95 * span:.0f} s", flush=True)
         if not ok:
             sys.exit(1)
         recovered = total = 0
         run = 0
-        while total < args.kills:
+        while total < args.kills and run < 3 * args.kills:  # (a run may end before its kill moments)
             run += 1
             count = min(args.kills_per_run, args.kills - total)
             # Moments across the whole run: each delay is counted from the (re)start of the aggregator.
             moments = sorted(rng.uniform(1.0, 0.95 * span) for _ in range(count))
             delays = [b - a for a, b in zip([0.0, *moments], moments)]
-            ok, why, elapsed = run_once(scratch / f"run{run}", config, data, args.rounds, delays)
-            total += count
-            recovered += count if ok else 0
-            print(f"run {run}: killed at {', '.join(f'{m:.1f}' for m in moments)} s: {why} ({elapsed:.0f} s)", flush=True)
+            ok, why, elapsed, kills = run_once(scratch / f"run{run}", config, data, args.rounds, delays)
+            total += kills
+            recovered += kills if ok else 0
+            print(f"run {run}: {kills} kill(s), at {', '.join(f'{m:.1f}' for m in moments[:kills])} s of aggregator "
+                  f"time: {why} ({elapsed:.0f} s)", flush=True)
         print(f"{recovered}/{total} kills: the federation still finished correctly")
     finally:
         if not args.keep:
