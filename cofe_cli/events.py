@@ -4,12 +4,17 @@ Written by the aggregator process (engine/openfl_aggregator.py), read by `cofe r
 report; stdout of OpenFL is noisy and never parsed for state.
 
 Events: started{round, rounds, resumed}, tasks{collaborator, round, tasks},
-metric{collaborator, round, task, metric, value}, round_end{round, metrics}, finished{rounds}.
+metric{collaborator, round, task, metric, value}, round_end{round, metrics[, recovered]},
+quit{collaborator}, finished{rounds} (every round done and every model written).
+
+An aggregator killed mid-write (kill -9) may leave a last line unfinished: the next one to write
+ends it first, and readers skip it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,6 +26,11 @@ class EventLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # gRPC serves collaborators from a thread pool
+        with self.path.open("ab+") as handle:
+            if handle.seek(0, os.SEEK_END):
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")  # a line cut short by a killed writer stays one (skipped) line
 
     def emit(self, event: str, **fields) -> None:
         line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=float)
@@ -45,7 +55,15 @@ class EventTail:
         if not complete:
             return []
         self._offset += len(complete) + 1
-        return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+        return [event for event in map(_parse, complete.decode("utf-8", errors="replace").splitlines()) if event]
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # cut short by a killed aggregator
+    return event if isinstance(event, dict) else None
 
 
 def read_events(path: Path) -> Iterator[dict]:

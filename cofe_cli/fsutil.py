@@ -33,6 +33,28 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
+def staged_file(target: Path) -> Iterator[Path]:
+    """For a writer that takes a path (protobuf, torch.save): yield an unused sibling path; what was
+    written there replaces `target` whole (synced first), so a crash or a kill -9 mid-write leaves the
+    old file, never half of the new one. Nothing written there leaves `target` as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    partial = Path(name)
+    partial.unlink()  # a unique name the writer creates; if it creates none, there is nothing to publish
+    try:
+        yield partial
+        if partial.exists():
+            with partial.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+@contextlib.contextmanager
 def staging_folder(within: Path, prefix: str, suffix: str = "") -> Iterator[Path]:
     """An empty folder inside `within`, on the file system of what it will replace, so that what is built
     in it goes into place by renames alone (see `swap_in`). It goes when the block ends, with whatever is

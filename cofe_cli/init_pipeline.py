@@ -17,7 +17,7 @@ from pathlib import Path
 from cofe_cli import __version__
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
+from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import PlanOptions, build_plan, check_plan_options, dump_yaml
@@ -128,12 +128,12 @@ def _build_and_swap_in(layout: FederationLayout, request: InitRequest, gandlf_co
 
             with quiet():
                 validate_with_gandlf(gandlf_config)
-                check_plan(stage.workspace(AGGREGATOR))
-                write_initial_model(stage.workspace(AGGREGATOR), stage.plans / INIT_MODEL)
+                check_plan(stage.aggregator().workspace)
+                write_initial_model(stage.aggregator().workspace, stage.plans / INIT_MODEL)
         # The weights are part of the federation's identity: their hash goes into the fingerprint read back.
         manifest = replace(manifest, init_model_sha384=file_sha384(stage.plans / INIT_MODEL))
         write_manifest(stage, manifest)
-        shutil.copyfile(stage.plans / INIT_MODEL, stage.workspace(AGGREGATOR) / "save" / INIT_MODEL)
+        shutil.copyfile(stage.plans / INIT_MODEL, stage.aggregator().save_dir / INIT_MODEL)
         # init makes plans/ and workspaces/ only: the CA, results/ and anything else in --dir stay.
         swap_in(stage.plans, layout.plans, stage.root)
         swap_in(stage.workspaces, layout.workspaces, stage.root)

@@ -239,7 +239,7 @@ def federation_locked(layout: FederationLayout) -> Iterator[None]:
 @contextlib.contextmanager
 def participant_locked(layout: FederationLayout, participant: str) -> Iterator[None]:
     """One participant's workspace, for `cofe start` (nothing when a launcher holds it already)."""
-    if os.environ.get(LOCKS_HELD_ENV):
+    if launched_by_launcher():
         yield
         return
     workspace = layout.workspace(participant)
@@ -248,6 +248,11 @@ def participant_locked(layout: FederationLayout, participant: str) -> Iterator[N
         # then finds this workspace taken, and never both go on.
         check_unlocked(layout.root, _federation(layout))
         yield
+
+
+def launched_by_launcher() -> bool:
+    """This `cofe start` was launched by `cofe run` (or another launcher), which holds its locks."""
+    return bool(os.environ.get(LOCKS_HELD_ENV))
 
 
 def launched_env() -> dict[str, str]:

@@ -14,7 +14,7 @@ import typer
 from cofe_cli.console import console, print_error, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_initial_model
-from cofe_cli.locks import participant_locked
+from cofe_cli.locks import launched_by_launcher, participant_locked
 from cofe_cli.participant import Participant
 from cofe_cli.pki.workspace_certs import require_certificates
 from cofe_cli.plan.builder import check_device
@@ -50,7 +50,15 @@ def aggregator(
             clear_aggregator_state(layout)
         if container:
             _run_in_container(layout, manifest, AGGREGATOR, image=image)
-        _run_participant(this, lambda engine, ws: engine.serve_aggregator(ws))
+        _run_participant(this, lambda engine, ws: _serve_aggregator(engine, ws, layout, manifest))
+
+
+def _serve_aggregator(engine, workspace: Path, layout: FederationLayout, manifest: Manifest) -> None:
+    engine.serve_aggregator(workspace)
+    if not launched_by_launcher():  # a launcher writes results/ itself, with what it measured besides
+        from cofe_cli.launch.report import write_results_from_log
+
+        console.print(f"Results in {write_results_from_log(layout, manifest)}")
 
 
 @app.command("collaborator")

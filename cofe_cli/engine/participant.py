@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from cofe_cli.errors import CofeError
+from cofe_cli.fsutil import staged_file
 from cofe_cli.participant import (
     CERT_DIR,
     COLS_FILE,
@@ -113,19 +114,25 @@ def write_initial_model(workspace: Path, output: Path) -> None:
 
 
 def serve_aggregator(workspace: Path) -> None:
-    """Serve until every collaborator was told to quit; refuse to serve a finished federation."""
+    """Serve until every collaborator was told to quit, then write the models. A restarted aggregator
+    (after a crash or a kill -9, at any moment) resumes from its database: the unfinished round, or,
+    once every round was done, what was left of quitting and writing the models. A federation whose
+    models were all written is refused."""
     with _in_directory(workspace):
         plan = _parse_plan(with_data=False)
         aggregator = plan.get_aggregator()
-        if aggregator.is_finished():
+        if aggregator.models_exported():
             raise CofeError(f"this federation already finished all {aggregator.rounds_to_train} rounds",
                             hint="its models are in workspaces/aggregator/save; `--restart` trains again from round 0")
-        if aggregator.round_number:
+        if aggregator.is_finished():
+            logger.info("all %d rounds were done before the aggregator stopped: writing the models", aggregator.rounds_to_train)
+        elif aggregator.round_number:
             logger.info("resuming at round %d of %d", aggregator.round_number + 1, aggregator.rounds_to_train)
         _revocation_checking_server(plan).serve()
         if not aggregator.is_finished():
             raise RuntimeError("the aggregator stopped before the last round")
         export_native_models(plan)
+        aggregator.announce_finished()
 
 
 def _revocation_checking_server(plan):
@@ -156,7 +163,8 @@ def export_native_models(plan) -> None:
         if state.is_file():
             tensor_dict, _ = utils.deconstruct_model_proto(utils.load_proto(str(state)), plan.get_tensor_pipe())
             task_runner.set_tensor_dict(tensor_dict, with_opt_vars=False)
-            task_runner.save_native(str(state.with_suffix(".pt")))
+            with staged_file(state.with_suffix(".pt")) as partial:
+                task_runner.save_native(str(partial))
             models[kind] = copy.deepcopy({"model_state_dict": task_runner.model.state_dict(),
                                           "optimizer_state_dict": task_runner.optimizer.state_dict()})
     if models:

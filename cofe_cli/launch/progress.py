@@ -78,6 +78,8 @@ class FederationProgress:
             self.aggregator_ready = when
             for unfinished in [r for r in self.round_started if r >= self.round]:  # an interrupted attempt's
                 del self.round_started[unfinished]
+            if self.round >= self.rounds:  # restarted after its last round, before its models were written
+                return f"aggregator restarted after all {self.rounds} rounds: telling the sites to quit, writing the models"
             return f"aggregator ready, round {self.round + 1} of {self.rounds}" + (" (resumed)" if event.get("resumed") else "")
         if kind == "tasks":
             site = self.sites.setdefault(event["collaborator"], _Site())

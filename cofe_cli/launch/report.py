@@ -6,19 +6,32 @@ import csv
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 from rich.table import Table
 
-from cofe_cli.federation import AGGREGATOR, FederationLayout
+from cofe_cli.events import read_events
+from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.engine.gandlf_model import MODEL_DIR
-from cofe_cli.fsutil import atomic_write_text, staged_dir
+from cofe_cli.fsutil import atomic_write_text, staged_dir, staged_file
 from cofe_cli.launch.progress import SHORT_TASK, FederationProgress
 from cofe_cli.metrics import headline_metric
 from cofe_cli.participant import is_aggregator
 
 METRICS_FILE = "metrics.csv"
 MODELS = {"last.pbuf": "final_model.pbuf", "best.pbuf": "best_model.pbuf", "last.pt": "final_model.pt", "best.pt": "best_model.pt"}
+
+
+def write_results_from_log(layout: FederationLayout, manifest: Manifest) -> Path:
+    """results/ of a federation whose aggregator ran on its own (`cofe start aggregator`), rebuilt from
+    its whole event log: every attempt of a resumed federation (after a crash or kill) counts."""
+    events = list(read_events(layout.aggregator().events_file))
+    started = min((e["time"] for e in events if e.get("event") == "started"), default=time.time())
+    progress = FederationProgress(manifest, started=started)
+    progress.add_history(events)
+    progress.finished = True
+    return write_results(layout, progress)
 
 
 def write_results(layout: FederationLayout, progress: FederationProgress) -> Path:
@@ -33,7 +46,8 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
     save = layout.aggregator().save_dir
     for source, target in MODELS.items():
         if (save / source).is_file():
-            shutil.copyfile(save / source, results / target)
+            with staged_file(results / target) as partial:  # a run killed mid-copy leaves the old file
+                shutil.copyfile(save / source, partial)
     if (save / MODEL_DIR).is_dir():
         with staged_dir(results / MODEL_DIR) as stage:
             shutil.copytree(save / MODEL_DIR, stage, dirs_exist_ok=True)

@@ -1,5 +1,6 @@
 """The one staging primitive (`staging_folder`, `swap_in`, and `staged_dir` built on them): what is built
-beside its target replaces it by renames only, and a failure leaves the target as it was and nothing beside it."""
+beside its target replaces it by renames only, and a failure leaves the target as it was and nothing beside it.
+A single file (`staged_file`) is likewise whole or the old one, never half of the new one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cofe_cli.fsutil import staged_dir, staging_folder, swap_in
+from cofe_cli.fsutil import staged_dir, staged_file, staging_folder, swap_in
 
 
 def listing(root: Path) -> dict[str, str | None]:
@@ -60,3 +61,23 @@ def test_swap_in_puts_folders_and_files_in_place_and_the_old_ones_go_with_the_st
         swap_in(stage / "workspace", site / "workspaces" / "a", stage)  # its parent is made
     assert listing(site) == {"ca": None, "kit.json": "new kit", "plans": None, "plans/plan.yaml": "new plan",
                              "workspaces": None, "workspaces/a": None}
+
+
+def test_staged_file_replaces_the_target_only_once_written_whole(tmp_path):
+    target = tmp_path / "save" / "last.pbuf"
+    target.parent.mkdir()
+    target.write_bytes(b"round 1")
+    with pytest.raises(KeyboardInterrupt):
+        with staged_file(target) as partial:
+            partial.write_bytes(b"round")  # the writer dies half-way
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"round 1"
+    with staged_file(target) as partial:
+        assert partial.parent == target.parent and not partial.exists()
+        # a writer that wrote nothing (OpenFL skips a model it cannot assemble)
+    assert target.read_bytes() == b"round 1"
+    with staged_file(target) as partial:
+        partial.write_bytes(b"round 2")
+        assert target.read_bytes() == b"round 1"
+    assert target.read_bytes() == b"round 2"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.pbuf"]

@@ -47,6 +47,37 @@ def test_event_tail_reads_only_complete_lines(tmp_path):
     assert tail.new_events() == []
 
 
+def test_a_line_cut_short_by_a_killed_aggregator_is_skipped_not_fatal(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.emit("started", round=0, rounds=2, resumed=False)
+    with path.open("a") as handle:
+        handle.write('{"event": "metric", "collaborator": "site_a", "rou')  # kill -9 mid-write
+    EventLog(path).emit("started", round=0, rounds=2, resumed=True)  # the restarted aggregator
+    assert [(e["event"], e["resumed"]) for e in EventTail(path).new_events()] == [("started", False), ("started", True)]
+
+
+def test_an_aggregator_restarted_after_the_last_round_is_not_shown_in_a_round_past_the_last():
+    progress = FederationProgress(MANIFEST, started=0)
+    line = progress.apply({"event": "started", "round": 2, "rounds": 2, "resumed": True, "time": 1.0})
+    assert line == "aggregator restarted after all 2 rounds: telling the sites to quit, writing the models"
+
+
+def test_results_are_rebuilt_from_the_whole_event_log_of_a_resumed_federation(tmp_path):
+    from cofe_cli.launch.report import write_results_from_log
+
+    layout = FederationLayout(tmp_path / "fed")
+    log = EventLog(layout.workspace("aggregator") / "logs" / "events.jsonl")
+    log.emit("started", round=0, rounds=2, resumed=False)
+    _round(log, 0, 0.1)
+    log.emit("started", round=1, rounds=2, resumed=True)  # after a kill
+    _round(log, 1, 0.4)
+    log.emit("finished", rounds=2)
+    with (write_results_from_log(layout, MANIFEST) / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["round"], r["collaborator"]) for r in rows} == {(str(r), s) for r in (0, 1) for s in MANIFEST.collaborators}
+
+
 def test_a_resumed_federation_reports_each_metric_once(tmp_path):
     log = EventLog(tmp_path / "events.jsonl")
     log.emit("started", round=0, rounds=2, resumed=False, collaborators=list(MANIFEST.collaborators))
