@@ -18,7 +18,7 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import writing_into
 from cofe_cli.locks import federation_locked
-from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml
+from cofe_cli.plan.builder import ALGORITHMS, PlanOptions, build_plan, check_plan_options, dump_yaml, site_loss_policy
 from cofe_cli.plan.data import check_data_folder, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
@@ -41,6 +41,8 @@ class InitRequest:
     valid_fraction: float = 0.2
     force: bool = False
     name: str | None = None
+    min_collaborators: int | None = None
+    round_timeout: str | None = None
 
 
 def parse_collaborator_args(values: list[str]) -> list[tuple[str, Path | None]]:
@@ -64,10 +66,12 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
     gandlf_config, changes = normalise_gandlf_config_with_notes(load_gandlf_yaml(Path(request.gandlf_config)),
                                                                 gandlf_version=gandlf_version)
     collaborators = parse_collaborator_args(request.collaborators)
+    min_collaborators, round_timeout = site_loss_policy(request.min_collaborators, request.round_timeout, len(collaborators))
     options = PlanOptions(
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, proximal_mu=request.proximal_mu, device=request.device,
         epochs_per_round=request.epochs_per_round, instance_norm_statistics=request.validation_norm,
+        min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
     )
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:
@@ -81,6 +85,7 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Manifest:
         name=request.name or layout.root.name, collaborators=tuple(name for name, _ in collaborators),
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, plan_sha384=plan_hash(plan_yaml),
+        min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
         versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
     )
 
@@ -160,6 +165,8 @@ def init(
     validation_norm: str = typer.Option("input", "--validation-norm", help="Instance-norm statistics when validating: input (each volume's own) or running (GaNDLF's averages; unreliable across sites)."),
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Validation share when a site gives a single CSV."),
     force: bool = typer.Option(False, "--force", help="Replace an existing plan and workspaces (the CA is kept)."),
+    min_collaborators: int = typer.Option(None, "--min-collaborators", help="Sites a round needs once --round-timeout passed (default: all); fewer left, and the federation stops."),
+    round_timeout: str = typer.Option(None, "--round-timeout", help="How long a round waits for every site, e.g. 90s, 20m (at least 10s; default 20m with --min-collaborators)."),
 ) -> None:
     """Make the OpenFL plan (plans/) and one workspace per participant (workspaces/)."""
     layout = FederationLayout(dir)
@@ -167,6 +174,7 @@ def init(
         gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, aggregator_address=aggregator_address,
         port=port, algorithm=algorithm, proximal_mu=proximal_mu, device=device, epochs_per_round=epochs_per_round,
         validation_norm=validation_norm, valid_fraction=valid_fraction, force=force,
+        min_collaborators=min_collaborators, round_timeout=round_timeout,
     ))
     report_initialised(layout, manifest)
 
@@ -175,5 +183,8 @@ def report_initialised(layout: FederationLayout, manifest: Manifest, *, next_ste
     console.print(f"[green]Federation ready[/] in {layout.root}: {len(manifest.collaborators)} collaborator(s), "
                   f"{manifest.rounds} round(s), aggregator {manifest.aggregator_address}:{manifest.aggregator_port}, "
                   f"plan sha384 {manifest.plan_sha384[:16]}...")
+    if manifest.min_collaborators is not None:
+        console.print(f"A round closes with at least {manifest.min_collaborators} of {len(manifest.collaborators)} "
+                      f"site(s) once {manifest.round_timeout_seconds:g} s passed; with fewer left, the federation stops.")
     if next_steps:
         console.print(f"Next: [bold]cofe certify --dir {layout.root}[/], then [bold]cofe run --dir {layout.root}[/]")

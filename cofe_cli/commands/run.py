@@ -13,7 +13,7 @@ from cofe_cli.errors import CofeError
 from cofe_cli.events import read_events
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.locks import federation_locked
-from cofe_cli.launch.factory import ContainerOptions, check_timeout, container_options_of, slurm_options_of
+from cofe_cli.launch.factory import ContainerOptions, check_restarts, check_timeout, container_options_of, slurm_options_of
 from cofe_cli.pki.local_issuing import certify_locally
 from cofe_cli.pki.workspace_certs import participant_cert_paths
 from cofe_cli.plan.builder import ALGORITHMS
@@ -39,14 +39,15 @@ def prepare(layout: FederationLayout, request: InitRequest | None) -> Manifest:
 
 
 def run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool = False, timeout: float | None = None,
-                   containers: ContainerOptions | None = None, slurm=None):
+                   containers: ContainerOptions | None = None, slurm=None, restarts: int = 0):
     # Held until the report is written; the participants' `cofe start` know that through launched_env().
     with federation_locked(layout):
-        return _run_federation(layout, manifest, restart=restart, timeout=timeout, containers=containers, slurm=slurm)
+        return _run_federation(layout, manifest, restart=restart, timeout=timeout, containers=containers, slurm=slurm,
+                               restarts=restarts)
 
 
 def _run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bool, timeout: float | None,
-                    containers: ContainerOptions | None, slurm):
+                    containers: ContainerOptions | None, slurm, restarts: int = 0):
     from cofe_cli.launch.factory import make_launcher
     from cofe_cli.launch.report import summary_table, write_results
     from cofe_cli.launch.supervisor import supervise
@@ -61,7 +62,7 @@ def _run_federation(layout: FederationLayout, manifest: Manifest, *, restart: bo
         prepare_collaborator_data(layout, name, None)
     launcher = make_launcher(layout, manifest, containers=containers, slurm=slurm, restart=restart, say=console.print)
     started = time.monotonic()
-    progress = supervise(launcher, layout, manifest, console=console, timeout=timeout)
+    progress = supervise(launcher, layout, manifest, console=console, timeout=timeout, restarts=restarts)
     results = write_results(layout, progress)
     console.print(summary_table(progress))
     console.print(f"[green]Federation finished[/] in {time.monotonic() - started:.0f} s. Results in {results}: "
@@ -90,9 +91,11 @@ def run(
     cpus_per_site: int = options.CPUS_PER_SITE,
     gpus_per_site: int = options.GPUS_PER_SITE,
     sbatch_arg: list[str] = options.SBATCH_ARG,
+    restarts: int = typer.Option(0, "--restarts", help="Restart a collaborator that dies at most this many times (it rejoins from the next round)."),
 ) -> None:
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     check_timeout(timeout)
+    check_restarts(restarts)
     layout = FederationLayout(dir)
     request = None
     if gandlf_config or collaborator:
@@ -109,4 +112,4 @@ def run(
         layout.load_manifest()  # no federation and nothing to make one from: say so before a lock makes --dir
     with federation_locked(layout):  # from before init and certify, which it may do first
         run_federation(layout, prepare(layout, request), restart=restart, timeout=timeout,
-                       containers=container_options, slurm=slurm_options)
+                       containers=container_options, slurm=slurm_options, restarts=restarts)

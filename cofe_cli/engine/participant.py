@@ -13,7 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from cofe_cli.errors import CofeError
+from cofe_cli.errors import CofeError, FederationFailed
+from cofe_cli.federation import AGGREGATOR
 
 PLAN = Path("plan/plan.yaml")
 COLS = Path("plan/cols.yaml")
@@ -105,7 +106,8 @@ def write_initial_model(workspace: Path, output: Path) -> None:
 
 
 def serve_aggregator(workspace: Path) -> None:
-    """Serve until every collaborator was told to quit; refuse to serve a finished federation."""
+    """Serve until every collaborator still polling was told to quit, or until too few sites are left
+    (FederationFailed naming them); refuse to serve a finished federation."""
     with _in_directory(workspace):
         plan = _parse_plan(with_data=False)
         aggregator = plan.get_aggregator()
@@ -115,6 +117,10 @@ def serve_aggregator(workspace: Path) -> None:
         if aggregator.round_number:
             logger.info("resuming at round %d of %d", aggregator.round_number + 1, aggregator.rounds_to_train)
         _revocation_checking_server(plan).serve()
+        if aggregator.sites_lost is not None:
+            raise FederationFailed(f"the federation stopped: {aggregator.sites_lost.message()}",
+                                   hint="restart the lost sites (`cofe start collaborator NAME`), then "
+                                        "`cofe start aggregator` resumes this round", participant=AGGREGATOR)
         if not aggregator.is_finished():
             raise RuntimeError("the aggregator stopped before the last round")
         export_native_models(plan)

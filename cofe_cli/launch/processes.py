@@ -59,6 +59,9 @@ class ProcessFederation:
         return args + (["aggregator", "--dir", str(self.layout.root)] + (["--restart"] if self.restart else [])
                        if name == AGGREGATOR else ["collaborator", name, "--dir", str(self.layout.root)])
 
+    def restart(self, name: str) -> None:
+        self._spawn(name)  # its log is appended to
+
     def _spawn(self, name: str) -> None:
         args = self.command(name)
         log = self.log_path(name)
