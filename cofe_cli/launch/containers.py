@@ -312,7 +312,7 @@ class ContainerFederation:
             self.stop(grace=5)
             raise
 
-    def restart(self, name: str) -> None:
+    def restart_participant(self, name: str) -> None:
         """A participant whose container exited, in a new container of the same name (the old one is removed)."""
         with self._federation_lock():
             self._start_one(name)

@@ -59,7 +59,7 @@ class ProcessFederation:
         return args + (["aggregator", "--dir", str(self.layout.root)] + (["--restart"] if self.restart else [])
                        if name == AGGREGATOR else ["collaborator", name, "--dir", str(self.layout.root)])
 
-    def restart(self, name: str) -> None:
+    def restart_participant(self, name: str) -> None:
         self._spawn(name)  # its log is appended to
 
     def _spawn(self, name: str) -> None:

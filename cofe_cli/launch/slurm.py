@@ -407,7 +407,7 @@ class SlurmFederation:
         write_jobs(self.layout, {n: j.job_id for n, j in self._jobs.items() if j.job_id})
         self._say(f"{name}: Slurm job {job.job_id}" + (f" (on {nodelist})" if nodelist else ""))
 
-    def restart(self, name: str) -> None:
+    def restart_participant(self, name: str) -> None:
         """A collaborator whose job ended goes back to unsubmitted: states() submits it again (as at the
         start, once the aggregator runs), to the same node rules."""
         job = self._jobs[name]

@@ -35,7 +35,7 @@ class Launcher(Protocol):
     def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]: ...
     def log_path(self, name: str) -> Path: ...
     def stop(self, grace: float = 10.0) -> None: ...
-    def restart(self, name: str) -> None: ...  # start a collaborator that exited once more
+    def restart_participant(self, name: str) -> None: ...  # start a collaborator that exited once more
 
 
 def tail_lines(path: Path, lines: int, since: int = 0) -> list[str]:
@@ -190,7 +190,7 @@ def _lost_collaborator(launcher: Launcher, site_loss: SiteLoss, state: Participa
     decision = site_loss.on_exit(state.name, state.returncode)
     if decision == "restart":
         log_start[state.name] = file_size(launcher.log_path(state.name))
-        launcher.restart(state.name)
+        launcher.restart_participant(state.name)
         used = site_loss.restarted[state.name]
         return (f"[yellow]{state.name} exited with code {state.returncode} in round {progress.round + 1}: "
                 f"restarted ({used} of {site_loss.restarts})[/] ({where})")
