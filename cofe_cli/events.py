@@ -4,7 +4,8 @@ Written by the aggregator process (engine/openfl_aggregator.py), read by `cofe r
 report; stdout of OpenFL is noisy and never parsed for state.
 
 Events: started{round, rounds, resumed}, tasks{collaborator, round, tasks},
-metric{collaborator, round, task, metric, value}, round_end{round, metrics}, finished{rounds}.
+metric{collaborator, round, task, metric, value}, round_end{round, metrics, collaborators (whose results
+went into the round's model)}, sites_lost{round, missing, reported} (the aggregator stops), finished{rounds}.
 """
 
 from __future__ import annotations
