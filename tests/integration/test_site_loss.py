@@ -20,9 +20,11 @@ import pytest
 
 from cofe_cli.demo.synthetic import make_demo_federation_data
 from federation_helpers import cofe, cofe_background, collaborator_args, free_port, processes_using, wait_for_port
+import test_slurm
 
 pytestmark = pytest.mark.federation
 THREE = ("site_a", "site_b", "site_c")
+slurm_cluster = test_slurm.slurm_cluster  # the fixture, here too
 # Long enough for a round of the tiny test model on a shared CPU; a lost site costs each round this.
 ROUND_TIMEOUT = "45s"
 
@@ -146,3 +148,50 @@ def test_below_the_minimum_the_aggregator_stops_naming_the_lost_site(tmp_path, s
     assert "Traceback" not in output
     assert waited < 2 * 30 + 30, waited  # two round timeouts after the round opened, and the server's 5 s poll
     assert any(e["event"] == "sites_lost" and e["missing"] == ["site_b"] for e in _events(fed))
+
+
+def _run_three_sites_and_lose_site_c(tmp_path, three_sites, fast_config, lose, *run_args) -> tuple[Path, str]:
+    """`cofe run RUN_ARGS` of 3 sites, --min-collaborators 2, 2 rounds; `lose(fed)` once site_c trains round 2."""
+    fed = tmp_path / "fed"
+    cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(three_sites), "--rounds", 2,
+         "--port", free_port(), "--min-collaborators", 2, "--round-timeout", ROUND_TIMEOUT, check=True, timeout=600)
+    run = subprocess.Popen([sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--timeout", "1200", *run_args],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for_event(fed, lambda e: e["event"] == "tasks" and e["collaborator"] == "site_c" and e["round"] == 1,
+                        timeout=900, alive=[run])
+        lose(fed)
+        out, _ = run.communicate(timeout=1200)
+    finally:
+        if run.poll() is None:
+            run.terminate()
+            run.wait(timeout=120)
+    assert run.returncode == 0, out[-6000:]
+    assert "site_c lost in round 2" in out, out[-6000:]
+    assert _took_part(fed)[1] == ["site_a", "site_b"]
+    return fed, out
+
+
+def test_containers_go_on_without_a_killed_container(tmp_path, three_sites, fast_config, container_engine, container_image):
+    from cofe_cli.federation import FederationLayout
+    from cofe_cli.launch.containers import container_name
+    from test_containers import NOTHING_LEFT, leftovers
+
+    def kill(fed):
+        container_engine.containers.get(container_name(FederationLayout(fed), "site_c")).kill()
+
+    fed, _ = _run_three_sites_and_lose_site_c(tmp_path, three_sites, fast_config, kill, "--containers", "--image",
+                                              container_image)
+    assert leftovers(container_engine, fed) == NOTHING_LEFT
+
+
+def test_slurm_goes_on_without_a_cancelled_job(tmp_path, three_sites, fast_config, slurm_cluster):
+    from test_slurm import _in_queue, _job_ids
+
+    def cancel(fed):
+        subprocess.run(["scancel", _job_ids(fed)["site_c"]], check=True, timeout=30)
+
+    fed, _ = _run_three_sites_and_lose_site_c(
+        tmp_path, three_sites, fast_config, cancel, "--slurm", "--cpus-per-site", "1", "--time", "00:20:00",
+        *(["--partition", slurm_cluster] if slurm_cluster else []))
+    assert _in_queue(_job_ids(fed).values()) == []
