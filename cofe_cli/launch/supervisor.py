@@ -151,7 +151,7 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
                 if line is None:
                     _fail(launcher, state.name, f"{state.name} exited with code {state.returncode}"
                           + _below_minimum(site_loss), progress, log_start)
-                (live.console if live else console).print(line)
+                (live.console if live else console).print(line, soft_wrap=True)
             states = {name: state for name, state in states.items() if site_loss.running(name)}
             if all(s.returncode == 0 for s in states.values()):
                 break
