@@ -4,8 +4,9 @@ Written by the aggregator process (engine/openfl_aggregator.py), read by `cofe r
 report; stdout of OpenFL is noisy and never parsed for state.
 
 Events: started{round, rounds, resumed}, tasks{collaborator, round, tasks},
-metric{collaborator, round, task, metric, value}, round_end{round, metrics[, recovered]},
-quit{collaborator}, finished{rounds} (every round done and every model written).
+metric{collaborator, round, task, metric, value}, round_end{round, metrics[, recovered], collaborators (whose
+results went into the round's model)}, quit{collaborator}, sites_lost{round, missing, reported} (the
+aggregator stops), finished{rounds} (every round done and every model written).
 
 An aggregator killed mid-write (kill -9) may leave a last line unfinished: the next one to write
 ends it first, and readers skip it.

@@ -143,8 +143,19 @@ class Manifest:
     versions: dict
     # SHA-384 of plans/init.pbuf, the weights round 0 starts from; None in a manifest of an older cofe.
     init_model_sha384: str | None = None
+    # The plan's site-loss policy (`cofe init --min-collaborators/--round-timeout`); None: wait for every site.
+    min_collaborators: int | None = None
+    round_timeout_seconds: float | None = None
+
+    @property
+    def required_collaborators(self) -> int:
+        """How many sites the federation needs to go on: fewer alive, and it cannot finish."""
+        return self.min_collaborators or len(self.collaborators)
 
     def to_dict(self) -> dict:
+        site_loss = ({"site_loss": {"min_collaborators": self.min_collaborators,
+                                    "round_timeout_seconds": self.round_timeout_seconds}}
+                     if self.min_collaborators is not None else {})
         return {
             "name": self.name,
             "collaborators": list(self.collaborators),
@@ -154,6 +165,7 @@ class Manifest:
             "plan_sha384": self.plan_sha384,
             "init_model_sha384": self.init_model_sha384,
             "versions": dict(self.versions),
+            **site_loss,
         }
 
     @classmethod
@@ -168,6 +180,8 @@ class Manifest:
             plan_sha384=data["plan_sha384"],
             versions=dict(data.get("versions", {})),
             init_model_sha384=data.get("init_model_sha384"),
+            min_collaborators=(data.get("site_loss") or {}).get("min_collaborators"),
+            round_timeout_seconds=(data.get("site_loss") or {}).get("round_timeout_seconds"),
         )
 
     def fingerprint(self) -> str:

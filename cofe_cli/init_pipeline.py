@@ -20,7 +20,7 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
-from cofe_cli.plan.builder import PlanOptions, build_plan, check_plan_options, dump_yaml
+from cofe_cli.plan.builder import PlanOptions, build_plan, check_plan_options, dump_yaml, site_loss_policy
 from cofe_cli.plan.data import check_data_folder, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
@@ -43,6 +43,8 @@ class InitRequest:
     valid_fraction: float = 0.2
     force: bool = False
     name: str | None = None
+    min_collaborators: int | None = None
+    round_timeout: str | None = None
 
 
 @dataclass
@@ -76,10 +78,12 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
     gandlf_config, changes = normalise_gandlf_config_with_notes(load_gandlf_yaml(Path(request.gandlf_config)),
                                                                 gandlf_version=gandlf_version)
     collaborators = parse_collaborator_args(request.collaborators)
+    min_collaborators, round_timeout = site_loss_policy(request.min_collaborators, request.round_timeout, len(collaborators))
     options = PlanOptions(
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, proximal_mu=request.proximal_mu, device=request.device,
         epochs_per_round=request.epochs_per_round, instance_norm_statistics=request.validation_norm,
+        min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
     )
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:
@@ -93,6 +97,7 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
         name=request.name or layout.root.name, collaborators=tuple(name for name, _ in collaborators),
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, plan_sha384=plan_hash(plan_yaml),
+        min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
         versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
     )
 

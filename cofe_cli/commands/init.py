@@ -31,6 +31,8 @@ def init(
     validation_norm: str = typer.Option("input", "--validation-norm", help="Instance-norm statistics when validating: input (each volume's own) or running (GaNDLF's averages; unreliable across sites)."),
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Validation share when a site gives a single CSV."),
     force: bool = typer.Option(False, "--force", help="Replace an existing plan and workspaces (the CA is kept)."),
+    min_collaborators: int = typer.Option(None, "--min-collaborators", help="Sites a round needs once --round-timeout passed (default: all); fewer left, and the federation stops."),
+    round_timeout: str = typer.Option(None, "--round-timeout", help="How long a round waits for every site, e.g. 90s, 20m (at least 10s; default 20m with --min-collaborators)."),
 ) -> None:
     """Make the OpenFL plan (plans/) and one workspace per participant (workspaces/)."""
     layout = FederationLayout(dir)
@@ -38,5 +40,6 @@ def init(
         gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, aggregator_address=aggregator_address,
         port=port, algorithm=algorithm, proximal_mu=proximal_mu, device=device, epochs_per_round=epochs_per_round,
         validation_norm=validation_norm, valid_fraction=valid_fraction, force=force,
+        min_collaborators=min_collaborators, round_timeout=round_timeout,
     ))
     report_initialised(layout, initialised)

@@ -22,6 +22,9 @@ def report_initialised(layout: FederationLayout, initialised: Initialised, *, ne
     console.print(f"[green]Federation ready[/] in {layout.root}: {len(manifest.collaborators)} collaborator(s), "
                   f"{manifest.rounds} round(s), aggregator {manifest.aggregator_address}:{manifest.aggregator_port}, "
                   f"plan sha384 {manifest.plan_sha384[:16]}...")
+    if manifest.min_collaborators is not None:
+        console.print(f"A round closes with at least {manifest.min_collaborators} of {len(manifest.collaborators)} "
+                      f"site(s) once {manifest.round_timeout_seconds:g} s passed; with fewer left, the federation stops.")
     if next_steps:
         console.print(f"Next: [bold]cofe certify --dir {layout.root}[/], then [bold]cofe run --dir {layout.root}[/]")
 

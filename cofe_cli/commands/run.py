@@ -12,7 +12,7 @@ from cofe_cli.console import console
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
 from cofe_cli.init_pipeline import DEFAULT_PORT, InitRequest
-from cofe_cli.launch.factory import check_timeout, container_options_of, slurm_options_of
+from cofe_cli.launch.factory import check_restarts, check_timeout, container_options_of, slurm_options_of
 from cofe_cli.launch.federation_run import prepare, run_federation
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import ALGORITHMS
@@ -39,9 +39,13 @@ def run(
     cpus_per_site: int = options.CPUS_PER_SITE,
     gpus_per_site: int = options.GPUS_PER_SITE,
     sbatch_arg: list[str] = options.SBATCH_ARG,
+    min_collaborators: int = typer.Option(None, "--min-collaborators", help="As for `cofe init`."),
+    round_timeout: str = typer.Option(None, "--round-timeout", help="As for `cofe init`."),
+    restarts: int = typer.Option(0, "--restarts", help="Restart a collaborator that dies at most this many times (it rejoins from the next round)."),
 ) -> None:
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     check_timeout(timeout)
+    check_restarts(restarts)
     layout = FederationLayout(dir)
     request = None
     if gandlf_config or collaborator:
@@ -49,7 +53,8 @@ def run(
             raise CofeError("--gandlf-config and --collaborator go together", hint="give both, or neither to use an existing federation")
         address = aggregator_address or ("aggregator" if containers else "localhost")
         request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port,
-                              algorithm=algorithm, aggregator_address=address)
+                              algorithm=algorithm, aggregator_address=address,
+                              min_collaborators=min_collaborators, round_timeout=round_timeout)
     container_options = container_options_of(containers, image=image, gpus=gpus)
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,
@@ -60,4 +65,4 @@ def run(
         prepared = prepare(layout, request)
         report_prepared(layout, prepared)
         report_finished(run_federation(layout, prepared.manifest, console=console, restart=restart, timeout=timeout,
-                                       containers=container_options, slurm=slurm_options))
+                                       containers=container_options, slurm=slurm_options, restarts=restarts))

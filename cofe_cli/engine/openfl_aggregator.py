@@ -9,11 +9,13 @@ import math
 import os
 import queue
 from pathlib import Path
+import time
 
 from openfl.callbacks import Callback
 from openfl.component import Aggregator
 from openfl.protocols import utils
 
+from cofe_cli.engine.site_watch import SitesLost, SiteWatch
 from cofe_cli.engine.tensor_index import IndexedTensorDB
 from cofe_cli.events import EventLog, read_events
 from cofe_cli.fsutil import staged_file
@@ -38,22 +40,30 @@ def poll_interval(collaborators: int) -> int:
 
 
 class _RoundEvents(Callback):
-    def __init__(self, events: EventLog):
+    def __init__(self, events: EventLog, took_part=lambda: []):
         super().__init__()
         self.events = events
+        self.took_part = took_part
 
     def on_round_end(self, round_num, logs=None):
-        self.events.emit("round_end", round=round_num, metrics=dict(logs or {}))
+        self.events.emit("round_end", round=round_num, metrics=dict(logs or {}), collaborators=self.took_part())
 
 
 class ObservedAggregator(Aggregator):
     def __init__(self, *, event_log: str = EVENTS_FILE, callbacks=None, **kwargs):
         self.events = EventLog(event_log)
         self._announced: set[tuple[str, int]] = set()
-        callbacks = list(callbacks or []) + [_RoundEvents(self.events)]
+        # The sites whose results went into the round's model (OpenFL drops a straggler's late ones).
+        took_part = lambda: sorted(self.collaborators_done)  # noqa: E731
+        callbacks = list(callbacks or []) + [_RoundEvents(self.events, took_part)]
         # A restarted aggregator replays from its database (local_state/tensor.db) every result it had
         # stored; a round those results complete is closed once OpenFL's __init__ is done (below).
         super().__init__(callbacks=callbacks, **kwargs)
+        policy = self.straggler_handling_policy
+        self.site_watch = SiteWatch(sites=list(self.authorized_cols), started=time.monotonic(),
+                                    needed=getattr(policy, "minimum_reporting", len(self.authorized_cols)),
+                                    round_timeout=getattr(policy, "straggler_cutoff_time", None))
+        self.sites_lost: SitesLost | None = None
         as_openfl = os.environ.get(OPENFL_ROUNDS_ENV) == "1"
         # Secure aggregation's set-up holds on to OpenFL's own TensorDB.
         if not (self._secure_aggregation_enabled or as_openfl):
@@ -114,6 +124,33 @@ class ObservedAggregator(Aggregator):
     def announce_finished(self) -> None:
         self._models_exported = True
         self.events.emit("finished", rounds=self.rounds_to_train)
+
+    def heard_from(self, collaborator_name: str) -> None:
+        """Every RPC of a site (the server calls this): what tells a site that still polls from a lost one."""
+        self.site_watch.heard_from(collaborator_name, time.monotonic())
+
+    def all_quit_jobs_sent(self) -> bool:
+        """OpenFL's server serves until this is true. Besides OpenFL's "every site was told to quit": after
+        the last round, once the sites not told are not polling any more (a lost site never comes back to
+        be told); before it, once the round lost the sites it needs (then sites_lost says which)."""
+        if super().all_quit_jobs_sent():
+            return True
+        now = time.monotonic()
+        if self.is_finished():
+            pending = [name for name in self.authorized_cols if name not in self.quit_job_sent_to]
+            gone = self.site_watch.quit_not_needed(pending, now)
+            if len(gone) == len(pending):
+                logger.warning("all rounds done; %s did not come back for the end of the federation", ", ".join(gone))
+                return True
+            return False
+        with self.lock:
+            self.sites_lost = self.site_watch.lost(self.round_number, list(self.collaborators_done), now)
+        if self.sites_lost is not None:
+            logger.error("stopping: %s", self.sites_lost.message())
+            self.events.emit("sites_lost", round=self.sites_lost.round, missing=self.sites_lost.missing,
+                             reported=self.sites_lost.reported)
+            return True
+        return False
 
     def get_tasks(self, collaborator_name):
         tasks, round_number, sleep_time, time_to_quit = super().get_tasks(collaborator_name)

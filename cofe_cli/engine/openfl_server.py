@@ -61,6 +61,7 @@ class RevocationCheckingServer(AggregatorGRPCServer):
 
     def validate_collaborator(self, request, context):
         super().validate_collaborator(request, context)
+        self.aggregator.heard_from(request.header.sender)
         if not (self.use_tls and self.require_client_auth):
             return
         pem = context.auth_context().get("x509_pem_cert", [b""])[0]

@@ -13,9 +13,10 @@ import logging
 import os
 from pathlib import Path
 
-from cofe_cli.errors import CofeError
+from cofe_cli.errors import CofeError, FederationFailed
 from cofe_cli.fsutil import staged_file
 from cofe_cli.participant import (
+    AGGREGATOR,
     CERT_DIR,
     COLS_FILE,
     CRL_FILE,
@@ -114,10 +115,11 @@ def write_initial_model(workspace: Path, output: Path) -> None:
 
 
 def serve_aggregator(workspace: Path) -> None:
-    """Serve until every collaborator was told to quit, then write the models. A restarted aggregator
-    (after a crash or a kill -9, at any moment) resumes from its database: the unfinished round, or,
-    once every round was done, what was left of quitting and writing the models. A federation whose
-    models were all written is refused."""
+    """Serve until every collaborator still polling was told to quit, then write the models; or stop
+    when too few sites are left (FederationFailed naming them). A restarted aggregator (after a crash or
+    a kill -9, at any moment) resumes from its database: the unfinished round, or, once every round was
+    done, what was left of quitting and writing the models. A federation whose models were all written
+    is refused."""
     with _in_directory(workspace):
         plan = _parse_plan(with_data=False)
         aggregator = plan.get_aggregator()
@@ -129,6 +131,10 @@ def serve_aggregator(workspace: Path) -> None:
         elif aggregator.round_number:
             logger.info("resuming at round %d of %d", aggregator.round_number + 1, aggregator.rounds_to_train)
         _revocation_checking_server(plan).serve()
+        if aggregator.sites_lost is not None:
+            raise FederationFailed(f"the federation stopped: {aggregator.sites_lost.message()}",
+                                   hint="restart the lost sites (`cofe start collaborator NAME`), then "
+                                        "`cofe start aggregator` resumes this round", participant=AGGREGATOR)
         if not aggregator.is_finished():
             raise RuntimeError("the aggregator stopped before the last round")
         export_native_models(plan)

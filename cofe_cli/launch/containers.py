@@ -304,6 +304,11 @@ class ContainerFederation:
             self.stop(grace=5)
             raise
 
+    def restart_participant(self, name: str) -> None:
+        """A participant whose container exited, in a new container of the same name (the old one is removed)."""
+        with self._federation_lock():
+            self._start_one(name)
+
     @contextlib.contextmanager
     def _federation_lock(self):
         """Serialises, across the terminals of one federation on this host, making the network, joining

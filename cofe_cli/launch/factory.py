@@ -27,6 +27,15 @@ def check_timeout(timeout: float | None) -> None:
                         hint="e.g. --timeout 3600, or leave it out to wait until the federation ends")
 
 
+MAX_RESTARTS = 100  # above this a value is a typo: a site that died 100 times will not be helped by more
+
+
+def check_restarts(restarts: int) -> None:
+    if not 0 <= restarts <= MAX_RESTARTS:
+        raise CofeError(f"--restarts must be between 0 and {MAX_RESTARTS}, got {restarts}",
+                        hint="e.g. --restarts 2 (a collaborator that dies is started again at most twice)")
+
+
 def container_options_of(containers: bool, *, image: str | None, gpus: str | None) -> ContainerOptions | None:
     if (image is not None or gpus is not None) and not containers:
         raise CofeError("--image and --gpus go with --containers", hint="add --containers, or leave them out")

@@ -57,16 +57,17 @@ class FinishedRun:
 
 
 def run_federation(layout: FederationLayout, manifest: Manifest, *, console: Console, restart: bool = False,
-                   timeout: float | None = None, containers: ContainerOptions | None = None, slurm=None) -> FinishedRun:
+                   timeout: float | None = None, containers: ContainerOptions | None = None, slurm=None,
+                   restarts: int = 0) -> FinishedRun:
     """Launch every participant, follow the federation on `console` until it ends, and write its results."""
     # Held until the report is written; the participants' `cofe start` know that through launched_env().
     with federation_locked(layout):
         return _run_federation(layout, manifest, console=console, restart=restart, timeout=timeout,
-                               containers=containers, slurm=slurm)
+                               containers=containers, slurm=slurm, restarts=restarts)
 
 
 def _run_federation(layout: FederationLayout, manifest: Manifest, *, console: Console, restart: bool,
-                    timeout: float | None, containers: ContainerOptions | None, slurm) -> FinishedRun:
+                    timeout: float | None, containers: ContainerOptions | None, slurm, restarts: int) -> FinishedRun:
     from cofe_cli.launch.report import write_results
     from cofe_cli.launch.supervisor import supervise
 
@@ -80,6 +81,6 @@ def _run_federation(layout: FederationLayout, manifest: Manifest, *, console: Co
         prepare_collaborator_data(layout, name, None)
     launcher = make_launcher(layout, manifest, containers=containers, slurm=slurm, restart=restart, say=console.print)
     started = time.monotonic()
-    progress = supervise(launcher, layout, manifest, console=console, timeout=timeout)
+    progress = supervise(launcher, layout, manifest, console=console, timeout=timeout, restarts=restarts)
     results = write_results(layout, progress)
     return FinishedRun(progress, results, time.monotonic() - started)

@@ -56,6 +56,9 @@ class ProcessFederation:
         """The participant's `cofe start`, run by this same Python."""
         return self.layout.participant(name).start_command(python=sys.executable, restart=self.restart)
 
+    def restart_participant(self, name: str) -> None:
+        self._spawn(name)  # its log is appended to
+
     def _spawn(self, name: str) -> None:
         participant = self.layout.participant(name)
         args = self.command(name)

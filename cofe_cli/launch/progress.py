@@ -37,6 +37,7 @@ class _Site:
     round: int | None = None
     returncode: int | None = None
     peak_rss: int = 0
+    lost_in_round: int | None = None  # 0-based; the federation went on without it
 
 
 class FederationProgress:
@@ -51,6 +52,8 @@ class FederationProgress:
         self._records: dict[tuple[int, str, str, str], MetricRecord] = {}
         self.round_started: dict[int, float] = {}
         self.round_ended: dict[int, float] = {}
+        # round -> the collaborators whose results went into that round's model
+        self.took_part: dict[int, list[str]] = {}
         self.aggregator_ready: float | None = None
         self.finished = False
 
@@ -66,6 +69,11 @@ class FederationProgress:
                 self.round_started.setdefault(event["round"], event["time"])
             elif kind == "round_end":
                 self.round_ended[event["round"]] = event["time"]
+                self._record_took_part(event)
+
+    def _record_took_part(self, event: dict) -> None:
+        if "collaborators" in event:  # absent in the event log of an older cofe
+            self.took_part[event["round"]] = list(event["collaborators"])
 
     def _record(self, event: dict) -> None:
         record = MetricRecord(event["round"], event["collaborator"], event["task"], event["metric"], float(event["value"]))
@@ -96,7 +104,10 @@ class FederationProgress:
         if kind == "round_end":
             self.round_ended[event["round"]] = when
             self.round = event["round"] + 1
-            return f"round {event['round'] + 1} of {self.rounds} done: " + self._round_line(event["round"])
+            self._record_took_part(event)
+            missing = [name for name in self.manifest.collaborators if name not in self.took_part.get(event["round"], [])]
+            without = f" (without {', '.join(missing)})" if "collaborators" in event and missing else ""
+            return f"round {event['round'] + 1} of {self.rounds} done{without}: " + self._round_line(event["round"])
         if kind == "finished":
             self.round = self.rounds
             return "all rounds done"
@@ -105,6 +116,10 @@ class FederationProgress:
     @property
     def records(self) -> list[MetricRecord]:
         return list(self._records.values())
+
+    def site_lost(self, name: str) -> None:
+        site = self.sites.setdefault(name, _Site())
+        site.lost_in_round = self.round
 
     def update_states(self, states) -> None:
         for name, state in states.items():
@@ -134,6 +149,8 @@ class FederationProgress:
 
     # -- drawing -----------------------------------------------------------------------------
     def _status(self, name: str, site: _Site) -> str:
+        if site.lost_in_round is not None:
+            return f"[red]lost in round {site.lost_in_round + 1}[/] (exit {site.returncode})"
         if site.returncode == 0:
             return "[green]finished[/]"
         if site.returncode is not None:

@@ -20,6 +20,9 @@ from cofe_cli.metrics import headline_metric
 from cofe_cli.participant import is_aggregator
 
 METRICS_FILE = "metrics.csv"
+# metrics.csv rows (task, metric) saying whether a collaborator's results went into a round's model (1) or
+# not (0: lost, or a straggler past the round timeout); written for rounds whose event says so.
+TOOK_PART = ("federation", "took_part")
 MODELS = {"last.pbuf": "final_model.pbuf", "best.pbuf": "best_model.pbuf", "last.pt": "final_model.pt", "best.pt": "best_model.pt"}
 
 
@@ -40,8 +43,10 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["round", "collaborator", "task", "metric", "value"])
-    for r in sorted(progress.records, key=lambda r: (r.round, r.collaborator, r.task, r.metric)):
-        writer.writerow([r.round, r.collaborator, r.task, r.metric, f"{r.value:.6g}"])
+    rows = [(r.round, r.collaborator, r.task, r.metric, f"{r.value:.6g}") for r in progress.records]
+    rows += [(round_number, name, *TOOK_PART, str(int(name in took_part)))
+             for round_number, took_part in progress.took_part.items() for name in progress.manifest.collaborators]
+    writer.writerows(sorted(rows, key=lambda row: row[:4]))
     atomic_write_text(results / METRICS_FILE, buffer.getvalue())
     save = layout.aggregator().save_dir
     for source, target in MODELS.items():
@@ -59,6 +64,8 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
         "round_seconds": {r: round(progress.round_ended[r] - progress.round_started[r], 1)
                           for r in progress.round_ended if r in progress.round_started},
         "peak_rss_bytes": {name: site.peak_rss for name, site in progress.sites.items()},
+        "took_part": {r: sites for r, sites in sorted(progress.took_part.items())},
+        "lost": {name: site.lost_in_round for name, site in progress.sites.items() if site.lost_in_round is not None},
     }
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
     _plot(results / "metrics.png", progress)
@@ -87,7 +94,9 @@ def summary_table(progress: FederationProgress) -> Table:
                 key = "loss" if task == "train" and "loss" in values else headline_metric(values)
                 cells.append(f"{key.removeprefix('valid_')} {values[key]:.3f}" if key else "")
             if any(cells):
-                table.add_row(str(round_number + 1), "[bold]aggregated[/]" if is_aggregator(name) else name, *cells)
+                dropped = not is_aggregator(name) and name not in progress.took_part.get(round_number, [name])
+                label = "[bold]aggregated[/]" if is_aggregator(name) else name + (" [red](not in model)[/]" if dropped else "")
+                table.add_row(str(round_number + 1), label, *cells)
     return table
 
 

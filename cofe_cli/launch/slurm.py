@@ -431,6 +431,12 @@ class SlurmFederation:
         write_jobs(self.layout, {n: j.job_id for n, j in self._jobs.items() if j.job_id})
         self._say(f"{name}: Slurm job {job.job_id}" + (f" (on {nodelist})" if nodelist else ""))
 
+    def restart_participant(self, name: str) -> None:
+        """A collaborator whose job ended goes back to unsubmitted: states() submits it again (as at the
+        start, once the aggregator runs), to the same node rules."""
+        job = self._jobs[name]
+        job.job_id, job.info = None, None
+
     def _say(self, line: str) -> None:
         if self.say:
             self.say(line)

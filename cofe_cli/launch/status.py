@@ -28,6 +28,7 @@ import psutil
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout
 from cofe_cli.locks import TIME_FORMAT, Holder, holder_of
+from cofe_cli.participant import is_aggregator
 
 # The commands whose holding a lock means participants run; any other (init, certify, import) only
 # rewrites files for a moment and is left to finish.
@@ -93,7 +94,7 @@ def participant_of(cmdline: list[str]) -> str | None:
     """The participant a `cofe start` command line runs: `... start aggregator ...`, `... start collaborator NAME ...`."""
     for i, word in enumerate(cmdline[:-1]):
         if word == "start":
-            if cmdline[i + 1] == AGGREGATOR:
+            if is_aggregator(cmdline[i + 1]):
                 return AGGREGATOR
             if cmdline[i + 1] == "collaborator" and i + 2 < len(cmdline):
                 return cmdline[i + 2]

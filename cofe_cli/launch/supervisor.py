@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from cofe_cli.errors import FederationFailed
 from cofe_cli.events import EventTail
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.launch.progress import FederationProgress
+from cofe_cli.participant import is_aggregator
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Launcher(Protocol):
     def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]: ...
     def log_path(self, name: str) -> Path: ...
     def stop(self, grace: float = 10.0) -> None: ...
+    def restart_participant(self, name: str) -> None: ...  # start a collaborator that exited once more
 
 
 def tail_lines(path: Path, lines: int, since: int = 0) -> list[str]:
@@ -81,6 +83,32 @@ def error_excerpt(lines: list[str], keep: int = 25) -> list[str]:
     return lines[-keep:]
 
 
+@dataclass
+class SiteLoss:
+    """What a collaborator's death means: restart it (`--restarts`), go on without it (at least `needed`
+    collaborators still run: the plan's --min-collaborators), or stop the federation."""
+
+    collaborators: tuple[str, ...]
+    needed: int
+    restarts: int = 0
+    restarted: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)  # name -> exit code
+
+    def on_exit(self, name: str, returncode: int) -> str:
+        """"restart", "lost" or "stop" for a collaborator that exited with `returncode` (not 0)."""
+        if self.restarted.get(name, 0) < self.restarts:
+            self.restarted[name] = self.restarted.get(name, 0) + 1
+            return "restart"
+        self.lost[name] = returncode
+        return "lost" if self.left() >= self.needed else "stop"
+
+    def left(self) -> int:
+        return len(self.collaborators) - len(self.lost)
+
+    def running(self, name: str) -> bool:
+        return name not in self.lost
+
+
 # Once the aggregator has finished every round and exited 0, its collaborators only have to notice
 # and leave, which takes them a few seconds. One that is still running a minute later waits for an
 # aggregator that is gone (it may even have dialled another process on the port) and would hold the
@@ -89,9 +117,11 @@ COLLABORATOR_GRACE_SECONDS = 60.0
 
 
 def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, *, console: Console,
-              timeout: float | None = None, poll_interval: float = 0.5) -> FederationProgress:
-    """Run until every participant exited 0; on any failure, timeout or Ctrl-C stop them all."""
+              timeout: float | None = None, poll_interval: float = 0.5, restarts: int = 0) -> FederationProgress:
+    """Run until every participant exited 0; on any failure, timeout or Ctrl-C stop them all. A collaborator
+    that dies is restarted (at most `restarts` times) or left behind while the plan's minimum still runs."""
     progress = FederationProgress(manifest, started=time.time())
+    site_loss = SiteLoss(manifest.collaborators, manifest.required_collaborators, restarts)
     events = EventTail(layout.aggregator().events_file)
     # What earlier attempts of a resumed federation logged counts in its results but is not news:
     # only what this run's participants log is shown as it happens.
@@ -112,10 +142,18 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
                     console.print(line)
             states = launcher.states()
             progress.update_states(states)
-            failed = [s for s in states.values() if s.returncode not in (None, 0)]
-            if failed:
-                _fail(launcher, failed[0].name, f"{failed[0].name} exited with code {failed[0].returncode}", progress,
-                      log_start)
+            aggregator = states.get(AGGREGATOR)
+            if aggregator is not None and aggregator.returncode not in (None, 0):
+                _fail(launcher, AGGREGATOR, f"{AGGREGATOR} exited with code {aggregator.returncode}", progress, log_start)
+            for state in list(states.values()):
+                if is_aggregator(state.name) or state.returncode in (None, 0) or not site_loss.running(state.name):
+                    continue
+                line = _lost_collaborator(launcher, site_loss, state, progress, log_start)
+                if line is None:
+                    _fail(launcher, state.name, f"{state.name} exited with code {state.returncode}"
+                          + _below_minimum(site_loss), progress, log_start)
+                (live.console if live else console).print(line, soft_wrap=True)
+            states = {name: state for name, state in states.items() if site_loss.running(name)}
             if all(s.returncode == 0 for s in states.values()):
                 break
             if getattr(states.get(AGGREGATOR), "returncode", None) == 0:
@@ -144,6 +182,32 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
         if live:
             live.stop()
         launcher.stop()
+
+
+def _lost_collaborator(launcher: Launcher, site_loss: SiteLoss, state: ParticipantState, progress: FederationProgress,
+                       log_start: dict[str, int]) -> str | None:
+    """Restart a collaborator that died, or go on without it: the line that says which; None: too few are left."""
+    where = f"log: {launcher.log_path(state.name)}"
+    decision = site_loss.on_exit(state.name, state.returncode)
+    if decision == "restart":
+        log_start[state.name] = file_size(launcher.log_path(state.name))
+        launcher.restart_participant(state.name)
+        used = site_loss.restarted[state.name]
+        return (f"[yellow]{state.name} exited with code {state.returncode} in round {progress.round + 1}: "
+                f"restarted ({used} of {site_loss.restarts})[/] ({where})")
+    progress.site_lost(state.name)
+    if decision == "stop":
+        return None
+    return (f"[yellow]{state.name} lost in round {progress.round + 1} (exit code {state.returncode}); "
+            f"{site_loss.left()} of {len(site_loss.collaborators)} collaborators left, {site_loss.needed} needed: "
+            f"the others go on[/] ({where})")
+
+
+def _below_minimum(site_loss: SiteLoss) -> str:
+    if len(site_loss.lost) == 1 and site_loss.needed == len(site_loss.collaborators):
+        return ""  # every site is needed (the default): nothing to add
+    return (f"; lost: {', '.join(sorted(site_loss.lost))}, {site_loss.left()} left, "
+            f"{site_loss.needed} needed (the plan's --min-collaborators)")
 
 
 def _fail(launcher: Launcher, name: str, reason: str, progress: FederationProgress, log_start: dict[str, int]) -> None:

@@ -44,6 +44,49 @@ class PlanOptions:
     device: str = "cpu"
     epochs_per_round: int = 1
     instance_norm_statistics: str = "input"  # see engine/openfl_task_runner.py
+    # Site loss (see site_loss_policy): a round may close with this many sites once the round timeout
+    # passed; None for both is OpenFL's default, every round waits for every site.
+    min_collaborators: int | None = None
+    round_timeout_seconds: float | None = None
+
+
+# OpenFL's own policy: a round closes once every site reported, or, after straggler_cutoff_time seconds
+# (counted from the round's first task handed out), once minimum_reporting sites did; late results are dropped.
+CUTOFF_POLICY = "openfl.component.aggregator.straggler_handling.CutoffTimePolicy"
+# A waiting site polls the aggregator every 10 s: a shorter deadline would drop sites that are alive.
+MIN_ROUND_TIMEOUT_SECONDS = 10
+# With --min-collaborators and no --round-timeout: long enough for a round of a real model.
+DEFAULT_ROUND_TIMEOUT_SECONDS = 20 * 60
+MAX_ROUND_TIMEOUT_SECONDS = 30 * 86400  # above this a value is a typo
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `90s`, `20m`, `1h30m`; CofeError for anything else or a deadline under 10 s."""
+    hint = (f"give a duration from {MIN_ROUND_TIMEOUT_SECONDS}s to {MAX_ROUND_TIMEOUT_SECONDS // 86400} days, "
+            "e.g. --round-timeout 90s, 20m or 1h30m")
+    match = _DURATION.match((text or "").strip().lower())
+    if not match or not any(match.groups()):
+        raise CofeError(f"--round-timeout {text!r} is not a duration", hint=hint)
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if not MIN_ROUND_TIMEOUT_SECONDS <= total <= MAX_ROUND_TIMEOUT_SECONDS:
+        raise CofeError(f"--round-timeout {text} ({total:g} s) is out of range", hint=hint)
+    return total
+
+
+def site_loss_policy(min_collaborators: int | None, round_timeout: str | None,
+                     collaborators: int) -> tuple[int | None, float | None]:
+    """(--min-collaborators, --round-timeout in seconds) as they go into the plan: both None when a
+    round waits for every site (OpenFL's default); with fewer than all sites, a deadline is needed."""
+    if min_collaborators is not None and not 1 <= min_collaborators <= collaborators:
+        raise CofeError(f"--min-collaborators must be between 1 and the number of collaborators ({collaborators}), "
+                        f"got {min_collaborators}", hint=f"e.g. --min-collaborators {max(1, collaborators - 1)}, or leave "
+                                                         "it out to wait for every site")
+    timeout = parse_duration(round_timeout) if round_timeout is not None else None
+    if min_collaborators is None or min_collaborators == collaborators:
+        return (collaborators, timeout) if timeout is not None else (None, None)
+    return min_collaborators, timeout if timeout is not None else float(DEFAULT_ROUND_TIMEOUT_SECONDS)
 
 
 def check_device(device: str) -> str:
@@ -76,6 +119,15 @@ def check_plan_options(options: PlanOptions) -> None:
         raise CofeError(f"--epochs-per-round must be between 1 and {MAX_EPOCHS_PER_ROUND}, got {options.epochs_per_round}",
                         hint="e.g. --epochs-per-round 1")
     check_device(options.device)
+    if (options.min_collaborators is None) != (options.round_timeout_seconds is None):
+        raise CofeError("a site-loss policy needs both a minimum number of collaborators and a round timeout",
+                        hint="give --round-timeout with --min-collaborators")
+    if options.min_collaborators is not None and options.min_collaborators < 1:
+        raise CofeError(f"--min-collaborators must be 1 or more, got {options.min_collaborators}", hint="e.g. --min-collaborators 2")
+    if options.round_timeout_seconds is not None and not (
+            MIN_ROUND_TIMEOUT_SECONDS <= options.round_timeout_seconds <= MAX_ROUND_TIMEOUT_SECONDS):
+        raise CofeError(f"the round timeout must be between {MIN_ROUND_TIMEOUT_SECONDS} s and "
+                        f"{MAX_ROUND_TIMEOUT_SECONDS} s, got {options.round_timeout_seconds:g}", hint="e.g. --round-timeout 20m")
     if not options.aggregator_address or any(c.isspace() for c in options.aggregator_address):
         raise CofeError(f"aggregator address {options.aggregator_address!r} is not a host name or IP",
                         hint="give the DNS name or IP collaborators dial, e.g. --aggregator-address fl.hospital.org")
@@ -160,7 +212,15 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
             },
         },
         "compression_pipeline": {"template": "openfl.pipelines.NoCompressionPipeline"},
+        **_straggler_policy(options),
     }
+
+
+def _straggler_policy(options: PlanOptions) -> dict:
+    if options.min_collaborators is None:
+        return {}  # OpenFL's default, WaitForAllPolicy: the plan (and its hash) stays what it always was
+    return {"straggler_handling_policy": {"template": CUTOFF_POLICY, "settings": {
+        "straggler_cutoff_time": float(options.round_timeout_seconds), "minimum_reporting": options.min_collaborators}}}
 
 
 def dump_yaml(data: dict) -> str:
