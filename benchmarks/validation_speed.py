@@ -80,7 +80,7 @@ def run(work: Path, shape: tuple[int, int, int], volumes: int, batch: str) -> No
 
     # The model alone over the same patches, in the same batches, from tensors already in memory.
     subject = next(iter(runner.validation_subjects))
-    image = subject["1"]["data"].squeeze(0)
+    image = subject[params["channel_keys"][0]]["data"].squeeze(0)
     sampler = torchio.inference.GridSampler(torchio.Subject(image=torchio.ScalarImage(tensor=image)), patch,
                                             patch_overlap=params["inference_mechanism"]["patch_overlap"])
     size = runner.validation_batch or batched_validation.automatic_batch_size(params, len(sampler))

@@ -67,14 +67,15 @@ def test_validation_cache_is_bounded_and_keeps_loader_order(site, tmp_path, monk
     from cofe_cli.engine.batched_validation import ValidationCache
 
     monkeypatch.chdir(tmp_path)
-    loader = _runner(site, "crop", 0, ["dice"]).data_loader.val_dataloader
+    runner = _runner(site, "crop", 0, ["dice"])
+    loader, channel = runner.data_loader.val_dataloader, runner.params["channel_keys"][0]
     fresh = list(loader)
-    one_subject = sum(fresh[0][key]["data"].nbytes for key in ("1", "label"))
+    one_subject = sum(fresh[0][key]["data"].nbytes for key in (channel, "label"))
     cache = ValidationCache(loader, int(one_subject * 1.5))
     for _ in range(2):
         served = list(cache)
         assert [item["subject_id"] for item in served] == [item["subject_id"] for item in fresh]
         for item, reference in zip(served, fresh):
-            assert torch.equal(item["1"]["data"], reference["1"]["data"])
+            assert torch.equal(item[channel]["data"], reference[channel]["data"])
         assert len(cache.kept) == 1 and not cache.complete
     assert served[0] is cache.kept[0]  # kept subjects are not read again
