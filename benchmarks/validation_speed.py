@@ -56,6 +56,7 @@ def run(work: Path, shape: tuple[int, int, int], volumes: int, batch: str) -> No
     runner = GaNDLFTaskRunner(gandlf_config=config, device="cpu", instance_norm_statistics="input",
                               validation_batch=batch,
                               data_loader=GaNDLFDataLoader(data_path=str(site), feature_shape=patch))
+    runner.set_optimizer_treatment("RESET")  # as OpenFL's collaborator does from the plan
     weights = runner.get_tensor_dict(with_opt_vars=False)
     model, params = runner.model, runner.params
 

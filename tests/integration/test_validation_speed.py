@@ -25,8 +25,10 @@ def _runner(site, overlap_mode: str, overlap: int, metrics: list[str], **setting
     config = demo_gandlf_config()
     config.update(patch_size=PATCH, metrics=metrics,
                   inference_mechanism={"grid_aggregator_overlap": overlap_mode, "patch_overlap": overlap})
-    return GaNDLFTaskRunner(gandlf_config=config, device="cpu", instance_norm_statistics="input",
-                            data_loader=GaNDLFDataLoader(data_path=str(site), feature_shape=PATCH), **settings)
+    runner = GaNDLFTaskRunner(gandlf_config=config, device="cpu", instance_norm_statistics="input",
+                              data_loader=GaNDLFDataLoader(data_path=str(site), feature_shape=PATCH), **settings)
+    runner.set_optimizer_treatment("RESET")  # as OpenFL's collaborator does from the plan
+    return runner
 
 
 def _numbers(value) -> list[float]:
