@@ -66,7 +66,7 @@ def run(work: Path, shape: tuple[int, int, int], volumes: int, batch: str) -> No
         return (time.perf_counter() - start) / volumes, result
 
     def batched_round(round_num):
-        output, _ = runner.validate("site", round_num, weights, apply="global")
+        output, _ = runner.validate("site", round_num, dict(weights), apply="global")  # it pops the tensors
         return {key.tensor_name: float(value) for key, value in output.items()}
 
     threads = torch.get_num_threads()

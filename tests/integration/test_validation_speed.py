@@ -51,7 +51,8 @@ def test_batched_validation_equals_gandlf(site, tmp_path, monkeypatch, overlap_m
     monkeypatch.chdir(tmp_path)  # GaNDLF creates its output folders under output_dir "."
     runner = _runner(site, overlap_mode, overlap, metrics, validation_batch=4)
     weights = runner.get_tensor_dict(with_opt_vars=False)
-    rounds = [_reported(runner.validate("site_b", round_num, weights, apply="global")[0]) for round_num in (0, 1)]
+    # set_tensor_dict pops the tensors it loads: every round gets its own dict, as from the aggregator.
+    rounds = [_reported(runner.validate("site_b", round_num, dict(weights), apply="global")[0]) for round_num in (0, 1)]
     assert runner.validation_subjects.complete and len(runner.validation_subjects.kept) == 3
 
     loss, gandlf_metrics = validate_network(runner.model, runner.data_loader.val_dataloader, None, runner.params)
