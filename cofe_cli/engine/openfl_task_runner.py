@@ -1,7 +1,16 @@
-"""OpenFL's GaNDLF task runner, plus FedProx (which OpenFL only offers for its own optimizers) and
-instance-norm validation that survives sites with different scanners."""
+"""OpenFL's GaNDLF task runner, plus FedProx (which OpenFL only offers for its own optimizers),
+instance-norm validation that survives sites with different scanners, and validation with batched
+patches and cached validation subjects (engine/batched_validation.py)."""
 
+import logging
+
+import numpy as np
 from openfl.federated.task.runner_gandlf import GaNDLFTaskRunner as _OpenFLGaNDLFTaskRunner
+from openfl.utilities import TensorKey
+
+from cofe_cli.engine import batched_validation
+
+logger = logging.getLogger(__name__)
 
 
 class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
@@ -12,10 +21,16 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
     0.03/0.23/0.01 over three rounds with running statistics, 0.03/0.30/0.66 with input ones).
     Training and the weights (running buffers included) are unchanged."""
 
-    def __init__(self, proximal_mu: float = 0.0, instance_norm_statistics: str = "running", **kwargs):
+    def __init__(self, proximal_mu: float = 0.0, instance_norm_statistics: str = "running",
+                 validation_batch="auto", validation_cache_mb=batched_validation.DEFAULT_CACHE_MB, **kwargs):
         super().__init__(**kwargs)
         self.proximal_mu = float(proximal_mu)
         self.instance_norm_statistics = instance_norm_statistics
+        self.validation_batch = batched_validation.parse_validation_batch(
+            batched_validation.setting(validation_batch, batched_validation.BATCH_ENV))
+        cache_mb = float(batched_validation.setting(validation_cache_mb, batched_validation.CACHE_ENV))
+        self.validation_subjects = batched_validation.ValidationCache(
+            self.data_loader.val_dataloader, int(cache_mb * 2**20)) if self.data_loader.val_dataloader else None
 
     def train(self, col_name, round_num, input_tensor_dict, use_tqdm=False, epochs=1, **kwargs):
         if not self.proximal_mu:
@@ -33,6 +48,23 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
         finally:
             for hook in hooks:
                 hook.remove()
+
+    def validate(self, col_name, round_num, input_tensor_dict, use_tqdm=False, **kwargs):
+        fallback = batched_validation.fallback_reason(self.params)
+        if fallback is not None:
+            # GaNDLF's own validation, patch by patch, for what the batched path does not reproduce.
+            logger.info("Validating with GaNDLF's validate_network: %s", fallback)
+            return super().validate(col_name, round_num, input_tensor_dict, use_tqdm, **kwargs)
+        self.rebuild_model(round_num, input_tensor_dict, validation=True)
+        loss, metrics = batched_validation.validate_batched(
+            self.model, self.validation_subjects, self.scheduler, self.params, round_num,
+            batch_size=self.validation_batch)
+        # The tensors OpenFL's GaNDLFTaskRunner.validate reports.
+        tags = ("metric", "validate_local" if kwargs["apply"] == "local" else "validate_agg")
+        output = {TensorKey("valid_loss", col_name, round_num, True, tags): np.array(loss)}
+        for name, value in metrics.items():
+            output[TensorKey(f"valid_{name}", col_name, round_num, True, tags)] = np.array(value)
+        return output, {}
 
     def rebuild_model(self, round_num, input_tensor_dict, validation=False):
         # Loading the state dict needs the running buffers registered.
