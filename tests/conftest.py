@@ -10,6 +10,9 @@ import pytest
 # Unit tests must stay fast: none of them may import torch, GaNDLF or OpenFL (directly or through cofe_cli).
 HEAVY_PACKAGES = frozenset({"torch", "GANDLF", "openfl"})
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+# Shared test helpers (gandlf_samples, cli_assertions, unit_federation, volumes, federation_helpers) are imported by name.
+for _helpers in (Path(__file__).resolve().parent, UNIT_TESTS, Path(__file__).resolve().parent / "integration"):
+    sys.path.insert(0, str(_helpers))
 
 
 def heavy_modules_loaded() -> set[str]:

@@ -12,7 +12,7 @@ from cofe_cli.federation import FederationLayout, plan_hash
 from cofe_cli.plan.builder import PlanOptions, build_plan, dump_yaml
 from cofe_cli.plan.gandlf_config import normalise_gandlf_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_committed_example_plan_matches_the_builder():

@@ -21,7 +21,7 @@ from cofe_cli.launch.containers import (
     network_name, participant_command, participant_mounts,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # --- names and the aggregator's address ---

@@ -23,7 +23,7 @@ from cofe_cli.plan.gandlf_config import (
 )
 from gandlf_samples import IN_REPO_CONFIGS, SAMPLES_ROOT, sample_name, sample_params, sample_paths
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 # What each non-training sample is; every other sample file is expected to be a training config,
 # so a new sample of an unknown kind fails a test here instead of passing unnoticed.

@@ -23,7 +23,7 @@ import pytest
 from cofe_cli.errors import CofeError
 from cofe_cli.launch import docker_engine
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # Prints the build context's members (and the Dockerfile's text) as the cofe on PYTHONPATH assembles it here.
 SHOW_CONTEXT = """
 import json, tarfile
