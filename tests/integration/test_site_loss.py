@@ -150,11 +150,13 @@ def test_below_the_minimum_the_aggregator_stops_naming_the_lost_site(tmp_path, s
     assert any(e["event"] == "sites_lost" and e["missing"] == ["site_b"] for e in _events(fed))
 
 
-def _run_three_sites_and_lose_site_c(tmp_path, three_sites, fast_config, lose, *run_args) -> tuple[Path, str]:
+def _run_three_sites_and_lose_site_c(tmp_path, three_sites, fast_config, lose, *run_args,
+                                     init_args=()) -> tuple[Path, str]:
     """`cofe run RUN_ARGS` of 3 sites, --min-collaborators 2, 2 rounds; `lose(fed)` once site_c trains round 2."""
     fed = tmp_path / "fed"
     cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(three_sites), "--rounds", 2,
-         "--port", free_port(), "--min-collaborators", 2, "--round-timeout", ROUND_TIMEOUT, check=True, timeout=600)
+         "--port", free_port(), "--min-collaborators", 2, "--round-timeout", ROUND_TIMEOUT, *init_args, check=True,
+         timeout=600)
     run = subprocess.Popen([sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--timeout", "1200", *run_args],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     try:
@@ -180,8 +182,9 @@ def test_containers_go_on_without_a_killed_container(tmp_path, three_sites, fast
     def kill(fed):
         container_engine.containers.get(container_name(FederationLayout(fed), "site_c")).kill()
 
+    # Collaborators in containers reach the aggregator by its name on the federation's network.
     fed, _ = _run_three_sites_and_lose_site_c(tmp_path, three_sites, fast_config, kill, "--containers", "--image",
-                                              container_image)
+                                              container_image, init_args=("--aggregator-address", "aggregator"))
     assert leftovers(container_engine, fed) == NOTHING_LEFT
 
 
