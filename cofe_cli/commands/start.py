@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from cofe_cli.console import console, print_error, warn_exposed_private_keys
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest, check_initial_model
+from cofe_cli.launch.factory import sigterm_as_ctrl_c
 from cofe_cli.locks import launched_by_launcher, participant_locked
 from cofe_cli.participant import Participant
 from cofe_cli.pki.workspace_certs import require_certificates
@@ -107,7 +107,7 @@ def _run_in_container(layout: FederationLayout, manifest: Manifest, participant:
                                    publish_port=publish, echo=True)
     where = f", port {manifest.aggregator_port} published on this host" if publish else ""
     console.print(f"Starting {participant} in a container of {image}{where}...")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    sigterm_as_ctrl_c()
     code = 130
     try:
         launcher.start()
@@ -122,16 +122,12 @@ def _run_in_container(layout: FederationLayout, manifest: Manifest, participant:
     sys.exit(code)  # the container already said how it ended
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _run_participant(this: Participant, body) -> None:
     from cofe_cli.engine import participant as engine
 
     engine.enter_workspace(this)
     workspace, participant = this.workspace, this.name
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a launcher's stop is a Ctrl-C
+    sigterm_as_ctrl_c()  # a launcher's stop is a Ctrl-C
     log = logging.getLogger("cofe")
     try:
         body(engine, workspace)

@@ -57,8 +57,14 @@ def slurm_options_of(slurm: bool, containers: bool, **given):
     return options.validate()
 
 
-def _interrupt(signum, frame):
+def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def sigterm_as_ctrl_c() -> None:
+    """From now on a `kill` (SIGTERM, what `cofe stop` and launchers send) ends this process the way a
+    Ctrl-C does, through its KeyboardInterrupt handling: whatever it started is stopped and reported."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: ContainerOptions | None = None,
@@ -74,7 +80,7 @@ def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: C
         for note in launcher.notes:
             say(note)
         # Jobs do not die with this process: a `kill` of the command must cancel them like a Ctrl-C.
-        signal.signal(signal.SIGTERM, _interrupt)
+        sigterm_as_ctrl_c()
         say(f"Submitting the aggregator and {count} collaborator(s) as Slurm jobs ({endpoint}; "
             f"scripts in {layout.root / 'slurm'})...")
         return launcher
@@ -86,7 +92,7 @@ def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: C
         launcher = ContainerFederation(layout, manifest, image=image, gpus=containers.gpus)
         # Containers do not die with this process as child processes do: a `kill` of the command must
         # stop and remove them like a Ctrl-C.
-        signal.signal(signal.SIGTERM, _interrupt)
+        sigterm_as_ctrl_c()
         say(f"Starting the aggregator and {count} collaborator(s) in containers of {image} on network "
             f"{network_name(layout)} ({endpoint})...")
         return launcher
@@ -96,6 +102,6 @@ def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: C
     check_port_free(manifest.aggregator_port)
     # The participants would die with this process, but a `kill` (`cofe stop`) must end it like a Ctrl-C:
     # each participant's process group stopped, and the run's end reported.
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigterm_as_ctrl_c()
     say(f"Starting the aggregator and {count} collaborator(s) as separate processes ({endpoint})...")
     return ProcessFederation(layout, manifest)
