@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# A site that waits for the others polls the aggregator every 10 s (OpenFL's sleep time); one silent
-# for three polls after the last round is not polling any more: the federation ends without its quit.
+# A site that waits for the others polls the aggregator every second (n/10 s with n > 10 sites; OpenFL's
+# own sleep time is 10 s); one silent for 30 s after the last round is not polling any more: the
+# federation ends without its quit.
 QUIT_GRACE_SECONDS = 30.0
 
 
