@@ -20,7 +20,14 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
-from cofe_cli.plan.builder import PlanOptions, build_plan, check_plan_options, dump_yaml, site_loss_policy
+from cofe_cli.plan.builder import (
+    SECURE_AGGREGATION_REFUSAL,
+    PlanOptions,
+    build_plan,
+    check_plan_options,
+    dump_yaml,
+    site_loss_policy,
+)
 from cofe_cli.plan.data import check_data_folder, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
@@ -45,6 +52,8 @@ class InitRequest:
     name: str | None = None
     min_collaborators: int | None = None
     round_timeout: str | None = None
+    max_epsilon: float | None = None
+    secure_aggregation: bool = False
 
 
 @dataclass
@@ -74,6 +83,8 @@ def _installed(package: str) -> str:
 def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
     """Everything cheap is checked first; GaNDLF and OpenFL then check the staged result, and only
     a federation that passed all checks replaces what is on disk."""
+    if request.secure_aggregation:
+        raise CofeError(SECURE_AGGREGATION_REFUSAL, hint="leave out --secure-aggregation; see README, Differential privacy")
     gandlf_version = _installed("gandlf")
     gandlf_config, changes = normalise_gandlf_config_with_notes(load_gandlf_yaml(Path(request.gandlf_config)),
                                                                 gandlf_version=gandlf_version)
@@ -83,7 +94,7 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, proximal_mu=request.proximal_mu, device=request.device,
         epochs_per_round=request.epochs_per_round, instance_norm_statistics=request.validation_norm,
-        min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
+        min_collaborators=min_collaborators, round_timeout_seconds=round_timeout, max_epsilon=request.max_epsilon,
     )
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:

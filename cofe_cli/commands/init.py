@@ -33,6 +33,8 @@ def init(
     force: bool = typer.Option(False, "--force", help="Replace an existing plan and workspaces (the CA is kept)."),
     min_collaborators: int = typer.Option(None, "--min-collaborators", help="Sites a round needs once --round-timeout passed (default: all); fewer left, and the federation stops."),
     round_timeout: str = typer.Option(None, "--round-timeout", help="How long a round waits for every site, e.g. 90s, 20m (at least 10s; default 20m with --min-collaborators)."),
+    max_epsilon: float = typer.Option(None, "--max-epsilon", help="With differential_privacy in the GaNDLF config: a site whose spent epsilon would pass this stops training (it still validates)."),
+    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Refused: OpenFL 1.9's aggregator reconstructs every site's secrets during set-up."),
 ) -> None:
     """Make the OpenFL plan (plans/) and one workspace per participant (workspaces/)."""
     layout = FederationLayout(dir)
@@ -40,6 +42,7 @@ def init(
         gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, aggregator_address=aggregator_address,
         port=port, algorithm=algorithm, proximal_mu=proximal_mu, device=device, epochs_per_round=epochs_per_round,
         validation_norm=validation_norm, valid_fraction=valid_fraction, force=force,
-        min_collaborators=min_collaborators, round_timeout=round_timeout,
+        min_collaborators=min_collaborators, round_timeout=round_timeout, max_epsilon=max_epsilon,
+        secure_aggregation=secure_aggregation,
     ))
     report_initialised(layout, initialised)

@@ -7,9 +7,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from cofe_cli.doctor.result import Check, fail, ok
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout, Manifest
+from cofe_cli.plan.builder import refuse_secure_aggregation
 
 RECORDED_PACKAGES = ("cofe", "openfl", "gandlf", "torch")
 
@@ -58,6 +61,10 @@ def check_plan(layout: FederationLayout, manifest: Manifest, participant: str) -
     if plan_hash(text) != manifest.plan_sha384:
         return fail("plan", f"{plan_file} was changed: its hash is not the federation's plan hash",
                     "import the kit again (`cofe import KIT --dir SITE --force`)")
+    try:
+        refuse_secure_aggregation(yaml.safe_load(text))
+    except CofeError as refusal:
+        return fail("plan", refusal.message, refusal.hint)
     workspace_plan = layout.participant(participant).plan_dir
     for name in (PLAN_FILE, COLS_FILE):
         copy = workspace_plan / name

@@ -8,7 +8,7 @@ import numpy as np
 from openfl.federated.task.runner_gandlf import GaNDLFTaskRunner as _OpenFLGaNDLFTaskRunner
 from openfl.utilities import TensorKey
 
-from cofe_cli.engine import batched_validation
+from cofe_cli.engine import batched_validation, privacy
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +22,18 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
     Training and the weights (running buffers included) are unchanged."""
 
     def __init__(self, proximal_mu: float = 0.0, instance_norm_statistics: str = "running",
-                 validation_batch="auto", validation_cache_mb=batched_validation.DEFAULT_CACHE_MB, **kwargs):
+                 validation_batch="auto", validation_cache_mb=batched_validation.DEFAULT_CACHE_MB,
+                 privacy_planned_epochs: int = 1, max_epsilon: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.proximal_mu = float(proximal_mu)
+        self.dp = privacy.settings(self.params)
+        self.privacy_planned_epochs = privacy_planned_epochs  # rounds x epochs: what `epsilon` is spread over
+        self.max_epsilon = max_epsilon
+        self.accountant = None  # built at the first round, when the collaborator's name is known
+        if self.dp:
+            self.model, self.optimizer, self.scheduler = privacy.make_compatible(
+                self.model, self.optimizer, self.scheduler, self.params)
+            self.initialize_tensorkeys_for_functions(with_opt_vars=False)
         self.instance_norm_statistics = instance_norm_statistics
         self.validation_batch = batched_validation.parse_validation_batch(
             batched_validation.setting(validation_batch, batched_validation.BATCH_ENV))
@@ -33,6 +42,8 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
             self.data_loader.val_dataloader, int(cache_mb * 2**20)) if self.data_loader.val_dataloader else None
 
     def train(self, col_name, round_num, input_tensor_dict, use_tqdm=False, epochs=1, **kwargs):
+        if self.dp:
+            return self.train_privately(col_name, round_num, input_tensor_dict, epochs)
         if not self.proximal_mu:
             return super().train(col_name, round_num, input_tensor_dict, use_tqdm, epochs, **kwargs)
         # GaNDLF owns the training loop, so the proximal term mu/2*||w - w_global||^2 enters as
@@ -48,6 +59,28 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
         finally:
             for hook in hooks:
                 hook.remove()
+
+    def train_privately(self, col_name, round_num, input_tensor_dict, epochs):
+        """OpenFL's GaNDLFTaskRunner.train with DP-SGD (engine/privacy.py). A site whose next round
+        would pass --max-epsilon sends the model it received back unchanged, and still validates."""
+        from openfl.federated.task.runner_gandlf import create_tensorkey_dicts
+
+        if self.accountant is None:
+            self.accountant = privacy.SiteAccountant(col_name, self.dp, self.privacy_planned_epochs, self.max_epsilon)
+        self.rebuild_model(round_num, input_tensor_dict)
+        loss, metrics, trained = privacy.train_privately(self, self.accountant, epochs)
+        metric_dict = {privacy.EPSILON_METRIC: self.accountant.epsilon(),
+                       privacy.STOPPED_METRIC: float(not trained)}
+        if trained:
+            metric_dict["loss"] = loss
+            metric_dict.update({f"train_{name}": value for name, value in metrics.items()})
+        tensor_dict = privacy.unwrapped_names(self.get_tensor_dict(with_opt_vars=self.opt_treatment == "CONTINUE_GLOBAL"))
+        global_tensor_dict, local_tensor_dict = create_tensorkey_dicts(
+            tensor_dict, metric_dict, col_name, round_num, self.tensor_dict_split_fn_kwargs)
+        if self.opt_treatment == "CONTINUE_GLOBAL":
+            self.initialize_tensorkeys_for_functions(with_opt_vars=True)
+        self.training_round_completed = True
+        return global_tensor_dict, local_tensor_dict
 
     def validate(self, col_name, round_num, input_tensor_dict, use_tqdm=False, **kwargs):
         fallback = batched_validation.fallback_reason(self.params)

@@ -73,11 +73,15 @@ def enter_workspace(participant: Participant) -> None:
 def _parse_plan(*, with_data: bool = True):
     from openfl.federated import Plan
 
+    from cofe_cli.plan.builder import refuse_secure_aggregation
+
     try:
-        return Plan.parse(plan_config_path=PLAN.resolve(), cols_config_path=COLS.resolve(),
+        plan = Plan.parse(plan_config_path=PLAN.resolve(), cols_config_path=COLS.resolve(),
                           data_config_path=DATA.resolve() if with_data else None)
     except Exception as exc:  # OpenFL raises bare exceptions for any plan problem
         raise CofeError(f"OpenFL rejected the plan in {Path.cwd()}: {exc}", hint="re-create it with `cofe init --force`") from exc
+    refuse_secure_aggregation(plan.config)
+    return plan
 
 
 @contextlib.contextmanager

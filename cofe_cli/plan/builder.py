@@ -48,6 +48,8 @@ class PlanOptions:
     # passed; None for both is OpenFL's default, every round waits for every site.
     min_collaborators: int | None = None
     round_timeout_seconds: float | None = None
+    # With differential privacy: a site whose spent epsilon would pass this stops training (engine/privacy.py).
+    max_epsilon: float | None = None
 
 
 # OpenFL's own policy: a round closes once every site reported, or, after straggler_cutoff_time seconds
@@ -119,6 +121,8 @@ def check_plan_options(options: PlanOptions) -> None:
         raise CofeError(f"--epochs-per-round must be between 1 and {MAX_EPOCHS_PER_ROUND}, got {options.epochs_per_round}",
                         hint="e.g. --epochs-per-round 1")
     check_device(options.device)
+    if options.max_epsilon is not None and not (math.isfinite(options.max_epsilon) and options.max_epsilon > 0):
+        raise CofeError(f"--max-epsilon must be a number more than 0, got {options.max_epsilon}", hint="e.g. --max-epsilon 8")
     if (options.min_collaborators is None) != (options.round_timeout_seconds is None):
         raise CofeError("a site-loss policy needs both a minimum number of collaborators and a round timeout",
                         hint="give --round-timeout with --min-collaborators")
@@ -151,6 +155,9 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
                             "gandlf_config": gandlf_config}
     if mu:
         task_runner_settings["proximal_mu"] = float(mu)
+    task_runner_settings.update(_privacy_settings(gandlf_config, options, bool(mu)))
+    if task_runner_settings.get("privacy_planned_epochs"):
+        train_metrics += ["epsilon", "privacy_budget_exhausted"]
     return {
         "aggregator": {
             "template": f"{ENGINE}.openfl_aggregator.ObservedAggregator",
@@ -214,6 +221,38 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
         "compression_pipeline": {"template": "openfl.pipelines.NoCompressionPipeline"},
         **_straggler_policy(options),
     }
+
+
+def _privacy_settings(gandlf_config: dict, options: PlanOptions, fedprox: bool) -> dict:
+    """The task runner's settings for differential privacy (the GaNDLF config's section, applied at
+    every site by engine/privacy.py): the epochs `epsilon` is spread over, and --max-epsilon."""
+    if not gandlf_config.get("differential_privacy"):
+        if options.max_epsilon is not None:
+            raise CofeError("--max-epsilon needs differential privacy, but the GaNDLF config has no differential_privacy section",
+                            hint="add `differential_privacy:` to the GaNDLF config, or drop --max-epsilon")
+        return {}
+    if fedprox:
+        # Opacus replaces each gradient by the clipped, noised sum of per-sample gradients: the
+        # proximal term cofe adds to the gradient would be silently discarded.
+        raise CofeError("FedProx cannot be combined with differential privacy in cofe (Opacus would drop its proximal term)",
+                        hint="use --algorithm fedavg, median or geometric-median with differential_privacy")
+    settings = {"privacy_planned_epochs": options.rounds * options.epochs_per_round}
+    if options.max_epsilon is not None:
+        settings["max_epsilon"] = float(options.max_epsilon)
+    return settings
+
+
+def refuse_secure_aggregation(plan: dict) -> None:
+    """OpenFL 1.9's secure aggregation is not a privacy feature cofe offers: its aggregator
+    reconstructs every site's secrets during set-up (openfl/utilities/secagg), so it can unmask each
+    site's update. A plan (hand-edited or not) that asks for it is refused."""
+    settings = ((plan or {}).get("aggregator") or {}).get("settings") or {}
+    if settings.get("secure_aggregation"):
+        raise CofeError(SECURE_AGGREGATION_REFUSAL, hint="remove secure_aggregation from the plan; see README, Differential privacy")
+
+
+SECURE_AGGREGATION_REFUSAL = ("secure aggregation is refused: OpenFL 1.9's aggregator reconstructs every site's "
+                              "secrets during set-up, so it could unmask each site's update")
 
 
 def _straggler_policy(options: PlanOptions) -> dict:

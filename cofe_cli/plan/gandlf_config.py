@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import importlib.util
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -192,9 +194,9 @@ def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.
         extra = _KIND_HINTS.get(kind)
         hint = f"{TRAINING_HINT}; {extra}" if extra else TRAINING_HINT
         raise CofeError(f"{kind} config, not a training config", hint=hint)
-    _refuse_unapplied_privacy(cfg)
     result = copy.deepcopy(cfg)
     notes: list[str] = []
+    _normalise_differential_privacy(result, notes)
     model = result["model"]
     if not isinstance(model, dict):
         raise CofeError(
@@ -221,18 +223,75 @@ def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.
     return result, notes
 
 
-def _refuse_unapplied_privacy(cfg: dict) -> None:
-    # OpenFL's GaNDLF task runner calls GaNDLF's train_network directly; Opacus is only wired in by
-    # GaNDLF's own training_loop, so a federation would train with no clipping and no noise while the
-    # config says it is private. A privacy setting that silently does nothing is refused instead.
-    privacy = cfg.get("differential_privacy")
-    if privacy in (None, False, {}, ""):
+# GaNDLF 0.1.5's DifferentialPrivacyConfig (GANDLF/configuration/differential_privacy_config.py):
+# its keys and defaults. physical_batch_size has no default there (GaNDLF's own validator sets it to
+# batch_size, whatever was given); `epsilon`, when given, replaces noise_multiplier by the multiplier
+# that spends it over the planned rounds x epochs.
+DP_DEFAULTS = {"noise_multiplier": 10.0, "max_grad_norm": 1.0, "accountant": "rdp", "secure_mode": False,
+               "allow_opacus_model_fix": True, "delta": 1e-5}
+DP_ACCOUNTANTS = ("rdp", "gdp", "prv")
+_DP_OPTIONAL_KEYS = ("epsilon", "physical_batch_size", "max_physical_batch_size")
+_DP_HINT = "see README, Differential privacy; nothing was written"
+
+
+def _normalise_differential_privacy(cfg: dict, notes: list[str]) -> None:
+    """The `differential_privacy` section with GaNDLF's defaults filled in and every value checked:
+    cofe applies it at every site (engine/privacy.py), so a bad value is refused here, not at round 1."""
+    if "differential_privacy" not in cfg:
         return
-    raise CofeError(
-        "the GaNDLF config asks for differential_privacy, which cofe cannot apply in a federation yet "
-        "(OpenFL's GaNDLF runner would train without clipping or noise)",
-        hint="remove the differential_privacy section to train without DP; nothing was written",
-    )
+    privacy = cfg["differential_privacy"]
+    if privacy is None or privacy is False:
+        # GaNDLF 0.1.5 would read `false` as DP with its defaults; a config that says false means off.
+        del cfg["differential_privacy"]
+        notes.append(f"differential_privacy {privacy} -> removed (no differential privacy)")
+        return
+    if privacy is True:
+        privacy = {}
+        notes.append("differential_privacy true -> GaNDLF's defaults " + ", ".join(f"{k}={v}" for k, v in DP_DEFAULTS.items()))
+    if not isinstance(privacy, dict):
+        raise CofeError(f"differential_privacy must be a mapping or true, not {privacy!r}", hint=_DP_HINT)
+    unknown = sorted(set(privacy) - set(DP_DEFAULTS) - set(_DP_OPTIONAL_KEYS))
+    if unknown:
+        raise CofeError(f"differential_privacy has no key {unknown[0]!r} (GaNDLF's are: "
+                        f"{', '.join([*DP_DEFAULTS, *_DP_OPTIONAL_KEYS])})", hint=_DP_HINT)
+    section = {**DP_DEFAULTS, **privacy}
+    for key in ("noise_multiplier", "max_grad_norm", "delta", "epsilon"):
+        if key in section:
+            section[key] = _dp_number(key, section[key])
+    if "epsilon" not in section and not section["noise_multiplier"] > 0:
+        raise CofeError(f"differential_privacy noise_multiplier must be more than 0, got {section['noise_multiplier']:g} "
+                        "(without noise there is no privacy)", hint=_DP_HINT)
+    if not section["max_grad_norm"] > 0:
+        raise CofeError(f"differential_privacy max_grad_norm (the per-sample clipping norm) must be more than 0, "
+                        f"got {section['max_grad_norm']:g}", hint=_DP_HINT)
+    if not 0 < section["delta"] < 1:
+        raise CofeError(f"differential_privacy delta must be between 0 and 1 (exclusive), got {section['delta']:g}",
+                        hint=f"{_DP_HINT}; delta is usually below 1/(training samples at a site), e.g. 1e-5")
+    if "epsilon" in section and not section["epsilon"] > 0:
+        raise CofeError(f"differential_privacy epsilon must be more than 0, got {section['epsilon']:g}", hint=_DP_HINT)
+    if section["accountant"] not in DP_ACCOUNTANTS:
+        raise CofeError(f"differential_privacy accountant {section['accountant']!r} is not one GaNDLF knows",
+                        hint=f"choose one of: {', '.join(DP_ACCOUNTANTS)}")
+    for key in ("secure_mode", "allow_opacus_model_fix"):
+        if not isinstance(section[key], bool):
+            raise CofeError(f"differential_privacy {key} must be true or false, not {section[key]!r}", hint=_DP_HINT)
+    if section["secure_mode"] and importlib.util.find_spec("torchcsprng") is None:
+        raise CofeError("differential_privacy secure_mode needs Opacus's secure random generator (torchcsprng), "
+                        "which is not installed", hint="install torchcsprng at every site, or set secure_mode: false")
+    section["physical_batch_size"] = cfg.get("batch_size", 1)  # what GaNDLF 0.1.5 sets it to (its default batch: 1)
+    if section != privacy:
+        notes.append("differential_privacy: GaNDLF's defaults filled in")
+    cfg["differential_privacy"] = section
+
+
+def _dp_number(key: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise CofeError(f"differential_privacy {key} must be a number, not {value!r}", hint=_DP_HINT)
+    return number
 
 
 def _require_top_level_keys(cfg: dict) -> None:

@@ -1,0 +1,187 @@
+"""DP-SGD at a site, as GaNDLF 0.1.5's own training loop applies it (GANDLF/compute/training_loop.py),
+which OpenFL's GaNDLF runner bypasses: Opacus clips every sample's gradient to max_grad_norm and adds
+Gaussian noise (noise_multiplier x max_grad_norm) to their sum at every step.
+
+The accountant's history (noise multiplier, sample rate, steps) is this site's record of the budget
+spent: it lives in the collaborator's workspace and survives rounds and restarts, so epsilon after
+round N counts every step of rounds 1..N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from cofe_cli.fsutil import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# Relative to the collaborator's workspace (OpenFL's working directory).
+ACCOUNTANT_DIR = Path("local_state")
+# Prefix Opacus's GradSampleModule puts before every tensor name of the model it wraps.
+WRAPPER_PREFIX = "_module."
+# Train metrics every DP site reports each round.
+EPSILON_METRIC = "epsilon"
+STOPPED_METRIC = "privacy_budget_exhausted"
+
+
+def settings(params: dict) -> dict | None:
+    """The `differential_privacy` section GaNDLF parsed (its defaults filled in), or None without DP."""
+    section = params.get("differential_privacy")
+    return dict(section) if section else None
+
+
+def make_compatible(model, optimizer, scheduler, params: dict):
+    """GaNDLF's opacus_model_fix (Opacus's ModuleValidator: e.g. BatchNorm -> GroupNorm), done when the
+    task runner is built, so the initial model, every site and the aggregator share the fixed
+    architecture. A replaced module has new parameters: the optimizer and scheduler are rebuilt on them."""
+    from GANDLF.optimizers import get_optimizer
+    from GANDLF.privacy.opacus import opacus_model_fix
+    from GANDLF.schedulers import get_scheduler
+    from opacus.validators import ModuleValidator
+
+    if not ModuleValidator.validate(model, strict=False):
+        return model, optimizer, scheduler
+    with _trusting_torch_load():
+        model = opacus_model_fix(model, params)
+    _drop_untracked_running_statistics(model)
+    params["model_parameters"] = model.parameters()
+    optimizer = get_optimizer(params)
+    if scheduler is not None:
+        params["optimizer_object"] = optimizer
+        scheduler = get_scheduler(params)
+    for key in ("model_parameters", "optimizer_object"):
+        params.pop(key, None)
+    return model, optimizer, scheduler
+
+
+def _drop_untracked_running_statistics(model) -> None:
+    # Opacus's fix turns instance norms' running statistics off (they would leak data, noiseless) but
+    # keeps their buffers, and then refuses to train a layer with buffers. Without them the norms
+    # normalise with each input's own statistics, in training and validation alike.
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    for module in model.modules():
+        if isinstance(module, _InstanceNorm) and not module.track_running_stats:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                if getattr(module, name, None) is not None:
+                    module.register_buffer(name, None)
+
+
+@contextlib.contextmanager
+def _trusting_torch_load():
+    # Opacus clones the model through torch.save/torch.load, which torch >= 2.6 refuses for a pickled
+    # module (weights_only). The bytes are this process's own model, just serialised: safe to load.
+    previous = os.environ.get(_NO_WEIGHTS_ONLY)
+    os.environ[_NO_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_NO_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_NO_WEIGHTS_ONLY] = previous
+
+
+_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def unwrapped_names(state: dict) -> dict:
+    """A state dict with Opacus's wrapper prefix taken off, as OpenFL and GaNDLF inference name tensors."""
+    return {name.removeprefix(WRAPPER_PREFIX): value for name, value in state.items()}
+
+
+class SiteAccountant:
+    """One site's privacy accounting across rounds and restarts."""
+
+    def __init__(self, collaborator: str, dp: dict, planned_epochs: int, max_epsilon: float | None):
+        self.path = ACCOUNTANT_DIR / f"privacy_accountant_{collaborator}.json"
+        self.dp = dp
+        self.planned_epochs = max(1, int(planned_epochs))
+        self.max_epsilon = max_epsilon
+        self.history = self._load()
+
+    def _load(self) -> list:
+        if not self.path.is_file():
+            return []
+        saved = json.loads(self.path.read_text())
+        if saved.get("accountant") != self.dp["accountant"]:
+            raise RuntimeError(f"{self.path} was written by the {saved.get('accountant')} accountant, "
+                               f"but the plan names {self.dp['accountant']}")
+        return [tuple(entry) for entry in saved["history"]]
+
+    def save(self, history) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.history = [tuple(entry) for entry in history]
+        atomic_write_text(self.path, json.dumps({"accountant": self.dp["accountant"],
+                                                 "history": [list(entry) for entry in self.history]}) + "\n")
+
+    def new_accountant(self, history=None):
+        from opacus.accountants import create_accountant
+
+        accountant = create_accountant(self.dp["accountant"])
+        accountant.history = list(self.history if history is None else history)
+        return accountant
+
+    def epsilon(self, history=None) -> float:
+        history = self.history if history is None else history
+        return float(self.new_accountant(history).get_epsilon(delta=self.dp["delta"])) if history else 0.0
+
+    def noise_multiplier(self, sample_rate: float) -> float:
+        """The configured multiplier, or, with `epsilon`, the one that spends it over the planned
+        rounds x epochs at this site's sample rate (as GaNDLF's make_private_with_epsilon would)."""
+        if "epsilon" not in self.dp:
+            return float(self.dp["noise_multiplier"])
+        from opacus.accountants.utils import get_noise_multiplier
+
+        return float(get_noise_multiplier(target_epsilon=self.dp["epsilon"], target_delta=self.dp["delta"],
+                                          sample_rate=sample_rate, epochs=self.planned_epochs,
+                                          accountant=self.dp["accountant"]))
+
+    def would_exceed(self, noise_multiplier: float, sample_rate: float, steps: int) -> bool:
+        """Whether `steps` more would take the spent epsilon past --max-epsilon."""
+        if self.max_epsilon is None:
+            return False
+        accountant = self.new_accountant()
+        for _ in range(steps):
+            accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+        return self.epsilon(accountant.history) > self.max_epsilon
+
+
+def train_privately(runner, accountant: SiteAccountant, epochs: int):
+    """`epochs` of GaNDLF's train_network on the runner's model through Opacus; the model is left
+    unwrapped (its own tensor names) with the trained weights. Returns (loss, metrics, trained)."""
+    from GANDLF.compute.training_loop import train_network
+    from GANDLF.privacy.opacus.model_handling import empty_collate
+    from opacus import PrivacyEngine
+
+    params = runner.params
+    loader = runner.data_loader.train_dataloader
+    sample_rate = 1 / len(loader)  # Opacus's Poisson sampling: each sample in a step with this probability
+    noise = accountant.noise_multiplier(sample_rate)
+    if accountant.would_exceed(noise, sample_rate, len(loader) * epochs):
+        logger.info("privacy budget: another round would pass --max-epsilon %s (spent %.4f); not training",
+                    accountant.max_epsilon, accountant.epsilon())
+        return None, {}, False
+    engine = PrivacyEngine(accountant=accountant.dp["accountant"], secure_mode=accountant.dp["secure_mode"])
+    engine.accountant = accountant.new_accountant()
+    batch_size = params["batch_size"]  # GaNDLF's train_network sets it to each Poisson batch's size
+    model, optimizer, private_loader = engine.make_private(
+        module=runner.model, optimizer=runner.optimizer, data_loader=loader,
+        noise_multiplier=noise, max_grad_norm=accountant.dp["max_grad_norm"])
+    private_loader.collate_fn = empty_collate(private_loader.dataset[0])
+    try:
+        model.train()
+        for epoch in range(epochs):
+            logger.info("DP-SGD epoch %d: noise multiplier %.4f, max_grad_norm %s, sample rate %.4f",
+                        epoch, noise, accountant.dp["max_grad_norm"], sample_rate)
+            loss, metrics = train_network(model, private_loader, optimizer, params)
+    finally:
+        params["batch_size"] = batch_size
+        model._close()  # removes Opacus's hooks from runner.model, which keeps the trained weights
+    accountant.save(engine.accountant.history)
+    logger.info("privacy spent: epsilon %.4f at delta %s", accountant.epsilon(), accountant.dp["delta"])
+    return loss, metrics, True
