@@ -174,9 +174,24 @@ class FederationProgress:
             global_metrics = self.latest(name, "aggregated_model_validation")
             local_metrics = self.latest(name, "locally_tuned_model_validation")
             train = self.latest(name, "train")
-            table.add_row(name, self._status(name, site), _fmt(global_metrics), _fmt({"loss": train["loss"]} if "loss" in train else {}),
+            table.add_row(name, self._status(name, site), _fmt(global_metrics), train_cell(train),
                           _fmt(local_metrics), f"{site.peak_rss / 2**30:.2f} GiB" if site.peak_rss else "-")
         return Group(table, Text(""))
+
+
+# Train metrics of a site training with differential privacy (engine/privacy.py).
+EPSILON = "epsilon"
+BUDGET_EXHAUSTED = "privacy_budget_exhausted"
+
+
+def train_cell(train: dict[str, float]) -> str:
+    """A site's training in one cell: its loss, and with DP the epsilon spent so far (or that it stopped)."""
+    if train.get(BUDGET_EXHAUSTED):
+        return f"not trained: epsilon {train[EPSILON]:.3f}, --max-epsilon reached"
+    cell = f"loss {train['loss']:.3f}" if "loss" in train else ""
+    if EPSILON in train:
+        cell = f"{cell} epsilon {train[EPSILON]:.3f}".strip()
+    return cell or "-"
 
 
 def _fmt(metrics: dict[str, float]) -> str:

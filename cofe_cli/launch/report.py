@@ -15,7 +15,7 @@ from cofe_cli.events import read_events
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.engine.gandlf_model import MODEL_DIR
 from cofe_cli.fsutil import atomic_write_text, staged_dir, staged_file
-from cofe_cli.launch.progress import SHORT_TASK, FederationProgress
+from cofe_cli.launch.progress import BUDGET_EXHAUSTED, EPSILON, SHORT_TASK, FederationProgress, train_cell
 from cofe_cli.metrics import headline_metric
 from cofe_cli.participant import is_aggregator
 
@@ -67,6 +67,10 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
         "took_part": {r: sites for r, sites in sorted(progress.took_part.items())},
         "lost": {name: site.lost_in_round for name, site in progress.sites.items() if site.lost_in_round is not None},
     }
+    spent = {name: progress.latest(name, "train") for name in progress.manifest.collaborators}
+    if any(EPSILON in train for train in spent.values()):  # differential privacy: each site's budget spent
+        summary["epsilon"] = {name: train.get(EPSILON) for name, train in spent.items()}
+        summary["stopped_at_max_epsilon"] = sorted(name for name, train in spent.items() if train.get(BUDGET_EXHAUSTED))
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
     _plot(results / "metrics.png", progress)
     return results
@@ -91,7 +95,10 @@ def summary_table(progress: FederationProgress) -> Table:
             for task in tasks:
                 values = {r.metric: r.value for r in progress.records
                           if r.round == round_number and r.collaborator == name and r.task == task}
-                key = "loss" if task == "train" and "loss" in values else headline_metric(values)
+                if task == "train" and values:
+                    cells.append(train_cell(values))
+                    continue
+                key = headline_metric(values)
                 cells.append(f"{key.removeprefix('valid_')} {values[key]:.3f}" if key else "")
             if any(cells):
                 dropped = not is_aggregator(name) and name not in progress.took_part.get(round_number, [name])

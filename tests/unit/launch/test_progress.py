@@ -201,3 +201,29 @@ def test_collaborators_left_running_after_the_aggregator_finished_are_stopped(tm
     assert launcher.states()["site_b"].returncode is not None
     rows = list(csv.DictReader((write_results(layout, progress) / "metrics.csv").open()))
     assert sorted({r["round"] for r in rows}) == ["0", "1"]
+
+
+def test_each_sites_epsilon_is_reported_and_a_site_at_max_epsilon_is_named(tmp_path):
+    """DP sites report `epsilon` (and whether --max-epsilon stopped them) as train metrics: they reach
+    metrics.csv, summary.json, the summary table and the live table like every other metric."""
+    log = EventLog(tmp_path / "events.jsonl")
+    _round(log, 0, 0.4)
+    for site, epsilon, stopped in (("site_a", 1.25, 0.0), ("site_b", 2.5, 1.0)):
+        log.emit("metric", collaborator=site, round=0, task="train", metric="epsilon", value=epsilon)
+        log.emit("metric", collaborator=site, round=0, task="train", metric="privacy_budget_exhausted", value=stopped)
+    progress = FederationProgress(MANIFEST, started=0)
+    for event in EventTail(tmp_path / "events.jsonl").new_events():
+        progress.apply(event)
+
+    results = write_results(FederationLayout(tmp_path / "fed"), progress)
+    with (results / "metrics.csv").open() as handle:
+        rows = {(r["collaborator"], r["metric"]): r["value"] for r in csv.DictReader(handle)}
+    assert rows[("site_a", "epsilon")] == "1.25" and rows[("site_b", "epsilon")] == "2.5"
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["epsilon"] == {"site_a": 1.25, "site_b": 2.5} and summary["stopped_at_max_epsilon"] == ["site_b"]
+    console = Console(record=True, width=200)
+    console.print(summary_table(progress))
+    console.print(progress)
+    text = console.export_text()
+    assert "loss 0.400 epsilon 1.250" in text
+    assert "not trained: epsilon 2.500, --max-epsilon reached" in text
