@@ -1,0 +1,141 @@
+"""Differential privacy at every site (engine/privacy.py): a real 2-site federation reports each site's
+epsilon per round, equal to an Opacus accountant computed here; a restarted collaborator continues its
+accountant; and the training really clips per-sample gradients and adds noise of the configured scale."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from cofe_cli.demo.synthetic import demo_gandlf_config, make_site_dataset
+from cofe_cli.plan.gandlf_config import normalise_gandlf_config
+from federation_helpers import SITES, cofe, collaborator_args, free_port
+
+pytestmark = pytest.mark.federation
+DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "accountant": "rdp", "delta": 1e-5}
+N_TRAIN = 3  # conftest's site_data: training subjects per site
+
+
+def _expected_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    return accountant.get_epsilon(delta=delta)
+
+
+def test_dp_federation_reports_each_sites_growing_epsilon(tmp_path, site_data, fast_config):
+    from cofe_cli.events import read_events
+    from cofe_cli.federation import FederationLayout
+
+    config = {**yaml.safe_load(fast_config.read_text()), "differential_privacy": DP}
+    path = tmp_path / "with_dp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    fed = tmp_path / "fed"
+    result = cofe("run", "--dir", fed, "--gandlf-config", path, *collaborator_args(site_data),
+                  "--rounds", 2, "--port", free_port(), "--timeout", 900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "epsilon" in result.stdout  # the summary table
+
+    # One step per batch of a Poisson-sampled epoch over the site's training patches.
+    steps_per_round = N_TRAIN * config["q_samples_per_volume"] // config["batch_size"]
+    sample_rate = 1 / steps_per_round
+    events = list(read_events(FederationLayout(fed).aggregator().events_file))
+    for site in SITES:
+        reported = {e["round"]: e["value"] for e in events
+                    if e.get("event") == "metric" and e["collaborator"] == site and e["metric"] == "epsilon"}
+        assert sorted(reported) == [0, 1], reported
+        for round_number, value in reported.items():
+            expected = _expected_epsilon(DP["noise_multiplier"], sample_rate, steps_per_round * (round_number + 1), DP["delta"])
+            assert value == pytest.approx(expected, abs=1e-6), (site, round_number)
+        assert 0 < reported[0] < reported[1]
+    assert "epsilon" in (fed / "results" / "metrics.csv").read_text()
+
+    # The exported model has the model's own tensor names (none of Opacus's `_module.`) and loads.
+    import torch
+
+    from cofe_cli.engine.participant import load_model
+
+    state = torch.load(fed / "results" / "final_model.pt", map_location="cpu", weights_only=True)["model_state_dict"]
+    assert state and not any("_module." in name for name in state)
+    load_model(fed / "workspaces" / "aggregator", fed / "results" / "final_model.pt")
+
+
+# --- engine level: one site's task runner, as OpenFL's collaborator drives it ---------------------
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    return make_site_dataset(tmp_path_factory.mktemp("site"), site_index=1, n_train=N_TRAIN, n_valid=1, seed=0)
+
+
+def _runner(site, privacy: dict, **config_changes):
+    from cofe_cli.engine.openfl_dataloader import GaNDLFDataLoader
+    from cofe_cli.engine.openfl_task_runner import GaNDLFTaskRunner
+
+    config = {**demo_gandlf_config(), "q_samples_per_volume": 1, "q_max_length": 1, **config_changes}
+    config = normalise_gandlf_config({**config, "differential_privacy": {**DP, **privacy}})
+    config["differential_privacy"].update(privacy)  # noise 0 (refused at init) for the clipping check
+    runner = GaNDLFTaskRunner(gandlf_config=config, device="cpu", instance_norm_statistics="input",
+                              privacy_planned_epochs=2,
+                              data_loader=GaNDLFDataLoader(data_path=str(site), feature_shape=config["patch_size"]))
+    runner.set_optimizer_treatment("RESET")
+    return runner
+
+
+def _train(runner, round_number, weights):
+    output, _ = runner.train("site_a", round_number, {name: value.copy() for name, value in weights.items()}, epochs=1)
+    tensors = {key.tensor_name: value for key, value in output.items() if "metric" not in key.tags}
+    metrics = {key.tensor_name: float(value) for key, value in output.items() if "metric" in key.tags}
+    return tensors, metrics
+
+
+def test_a_restarted_collaborator_continues_its_accountant(site, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the collaborator's workspace: the accountant is kept there
+    runner = _runner(site, {})
+    weights = runner.get_tensor_dict(with_opt_vars=False)
+    assert not any(name.startswith("_module.") for name in weights)
+    _, first = _train(runner, 0, weights)
+    restarted = _runner(site, {})  # a new process: nothing in memory but the plan and the workspace
+    tensors, second = _train(restarted, 1, weights)
+    assert set(tensors) == set(weights)  # the names OpenFL sends, not Opacus's wrapper names
+    steps = N_TRAIN
+    for round_number, metrics in enumerate((first, second)):
+        expected = _expected_epsilon(DP["noise_multiplier"], 1 / steps, steps * (round_number + 1), DP["delta"])
+        assert metrics["epsilon"] == pytest.approx(expected, abs=1e-6)
+
+    # --max-epsilon: a site whose next round would pass it sends the model back untrained.
+    capped = _runner(site, {})
+    capped.max_epsilon = second["epsilon"] + 1e-3
+    tensors, third = _train(capped, 2, weights)
+    assert third["privacy_budget_exhausted"] == 1.0 and third["epsilon"] == pytest.approx(second["epsilon"])
+    assert all((tensors[name] == weights[name]).all() for name in weights)
+
+
+def test_updates_are_clipped_per_sample_and_noised_at_the_configured_scale(site, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    # Plain SGD: an update is the learning rate times the gradients, which DP-SGD bounds.
+    sgd = {"optimizer": {"type": "sgd", "momentum": 0, "weight_decay": 0, "nesterov": False}, "learning_rate": 1.0}
+    clip = 1e-4
+    updates = {}
+    for noise in (0.0, 1.0):
+        torch.manual_seed(0)
+        runner = _runner(site, {"max_grad_norm": clip, "noise_multiplier": noise}, **sgd)
+        weights = runner.get_tensor_dict(with_opt_vars=False)
+        if noise == 0.0:
+            start = weights
+        torch.manual_seed(1)
+        tensors, _ = _train(runner, 0, start)
+        updates[noise] = torch.cat([torch.as_tensor(tensors[n] - start[n]).flatten().double() for n in start])
+    trainable = updates[0.0].numel()
+    steps = N_TRAIN
+    # Without noise each step moves the weights by at most lr x clip x (samples in its batch <= N_TRAIN).
+    assert 0 < updates[0.0].norm() <= 1.0 * clip * steps * N_TRAIN * (1 + 1e-6)
+    # With noise, each step adds N(0, (noise x clip)^2) per weight: over `steps` steps the difference's
+    # norm is about noise x clip x sqrt(steps x weights), up to the two noiseless parts (<= the bound above).
+    expected = 1.0 * clip * math.sqrt(steps * trainable)
+    slack = 2 * clip * steps * N_TRAIN
+    assert abs((updates[1.0] - updates[0.0]).norm() - expected) <= 0.05 * expected + slack
