@@ -71,6 +71,24 @@ def _drop_untracked_running_statistics(model) -> None:
                     module.register_buffer(name, None)
 
 
+def _freeze_unused_parameters(model, params: dict) -> None:
+    """GaNDLF's models hold layers their forward pass never uses (e.g. a decoder's third conv): they
+    get no gradient, and Opacus's optimizer refuses a trainable parameter without per-sample
+    gradients. Found by one backward pass on a random patch; they are not trained without DP either."""
+    import torch
+
+    if getattr(model, "_cofe_unused_frozen", False):
+        return
+    shape = (1, params["model"]["num_channels"], *params["patch_size"][:params["model"]["dimension"]])
+    model.zero_grad(set_to_none=True)
+    model(torch.rand(shape, device=params["device"])).float().sum().backward()
+    for param in model.parameters():
+        if param.requires_grad and param.grad is None:
+            param.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    model._cofe_unused_frozen = True
+
+
 @contextlib.contextmanager
 def _trusting_torch_load():
     # Opacus clones the model through torch.save/torch.load, which torch >= 2.6 refuses for a pickled
@@ -166,6 +184,7 @@ def train_privately(runner, accountant: SiteAccountant, epochs: int):
         logger.info("privacy budget: another round would pass --max-epsilon %s (spent %.4f); not training",
                     accountant.max_epsilon, accountant.epsilon())
         return None, {}, False
+    _freeze_unused_parameters(runner.model, params)
     engine = PrivacyEngine(accountant=accountant.dp["accountant"], secure_mode=accountant.dp["secure_mode"])
     engine.accountant = accountant.new_accountant()
     batch_size = params["batch_size"]  # GaNDLF's train_network sets it to each Poisson batch's size

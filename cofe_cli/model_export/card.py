@@ -46,6 +46,21 @@ def _site_labels(collaborators: tuple[str, ...], name_sites: bool) -> dict[str, 
     return {name: (name if name_sites else f"site {i}") for i, name in enumerate(collaborators, start=1)}
 
 
+def _privacy_line(dp: dict | None, metrics_rows: list[dict], labels: dict[str, str]) -> str:
+    if not dp:
+        return "- privacy: no differential privacy, no secure aggregation; the aggregator saw every site's model updates"
+    noise = f"target epsilon {dp['epsilon']:g}" if "epsilon" in dp else f"noise multiplier {dp['noise_multiplier']:g}"
+    spent = {}
+    for row in metrics_rows:  # the last round's value wins
+        if row.get("metric") == "epsilon" and not is_aggregator(row["collaborator"]):
+            spent[labels.get(row["collaborator"], "site")] = (int(row["round"]), float(row["value"]))
+    figures = ", ".join(f"{site} {value:.3f}" for site, (_, value) in sorted(spent.items()))
+    return (f"- privacy: DP-SGD at every site (Opacus, {noise}, max_grad_norm {dp['max_grad_norm']:g}, "
+            f"{dp['accountant']} accountant); epsilon spent at delta {dp['delta']:g}: {figures or 'not recorded'}. "
+            "Record-level DP of each site's updates, not of the architecture or of the sites' data sizes; "
+            "no secure aggregation")
+
+
 def model_card(*, manifest: Manifest, gandlf_config: dict, metrics_rows: list[dict], evaluation_rows: list[dict],
                files: list[str], name_sites: bool) -> str:
     model = gandlf_config.get("model") or {}
@@ -76,8 +91,7 @@ def model_card(*, manifest: Manifest, gandlf_config: dict, metrics_rows: list[di
         f"- model: {architecture}, {model.get('dimension', '?')}D, {model.get('num_channels', '?')} channel(s), "
         f"classes {model.get('class_list', '?')}, patch size {gandlf_config.get('patch_size', '?')}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(manifest.versions.items())),
-        "- privacy: no differential privacy (cofe refuses a GaNDLF config that asks for it until it applies "
-        "DP-SGD itself), no secure aggregation; the aggregator saw every site's model updates",
+        _privacy_line(gandlf_config.get("differential_privacy"), metrics_rows, labels),
         "",
         "## Validation during training",
         "",

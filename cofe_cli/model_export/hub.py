@@ -65,7 +65,7 @@ def package_for_hub(layout: FederationLayout, out: Path, *, force: bool = False,
             "federation": manifest.name, "plan_sha384": manifest.plan_sha384, "rounds": manifest.rounds,
             "algorithm": manifest.algorithm, "sites": len(manifest.collaborators),
             "site_names": list(manifest.collaborators) if name_sites else None, "versions": manifest.versions,
-            "differential_privacy": None, "secure_aggregation": False,
+            "differential_privacy": gandlf_config.get("differential_privacy"), "secure_aggregation": False,
         }
         (stage / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         files = sorted([*(p.name for p in stage.iterdir()), "README.md"])

@@ -128,3 +128,22 @@ def test_push_to_an_unreachable_hub_is_one_clear_line(fed, tmp_path):
     result = cofe("--dir", fed, "--push", "my-lab/model", home=tmp_path / "home", HF_TOKEN="hf_test",
                   HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2")
     refused(result, "could not upload to the Hugging Face Hub")
+
+
+def test_the_card_states_the_privacy_applied_and_each_sites_epsilon():
+    from cofe_cli.federation import Manifest
+    from cofe_cli.model_export.card import model_card
+    from cofe_cli.plan.gandlf_config import normalise_gandlf_config
+
+    manifest = Manifest(name="t", collaborators=("site_a", "site_b"), rounds=2, aggregator_address="localhost",
+                        aggregator_port=50051, algorithm="fedavg", plan_sha384="0" * 96, versions={})
+    rows = [{"round": str(r), "collaborator": site, "task": "train", "metric": "epsilon", "value": str(value)}
+            for r, site, value in ((0, "site_a", 1.0), (1, "site_a", 1.5), (1, "site_b", 2.25))]
+    config = normalise_gandlf_config({**gandlf_config(), "differential_privacy": {"noise_multiplier": 1.1}})
+    card = model_card(manifest=manifest, gandlf_config=config, metrics_rows=rows, evaluation_rows=[], files=[],
+                      name_sites=True)
+    assert "DP-SGD at every site (Opacus, noise multiplier 1.1, max_grad_norm 1, rdp accountant)" in card
+    assert "epsilon spent at delta 1e-05: site_a 1.500, site_b 2.250" in card
+    plain = model_card(manifest=manifest, gandlf_config=gandlf_config(), metrics_rows=[], evaluation_rows=[], files=[],
+                       name_sites=True)
+    assert "privacy: no differential privacy" in plain
