@@ -75,8 +75,8 @@ def _runner(site, privacy: dict, **config_changes):
     from cofe_cli.engine.openfl_task_runner import GaNDLFTaskRunner
 
     config = {**demo_gandlf_config(), "q_samples_per_volume": 1, "q_max_length": 1, **config_changes}
-    config = normalise_gandlf_config({**config, "differential_privacy": {**DP, **privacy}})
-    config["differential_privacy"].update(privacy)  # noise 0 (refused at init) for the clipping check
+    config = normalise_gandlf_config({**config, "differential_privacy": DP})
+    config["differential_privacy"].update(privacy)  # noise 0, which init refuses, for the clipping check
     runner = GaNDLFTaskRunner(gandlf_config=config, device="cpu", instance_norm_statistics="input",
                               privacy_planned_epochs=2,
                               data_loader=GaNDLFDataLoader(data_path=str(site), feature_shape=config["patch_size"]))
