@@ -26,11 +26,12 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
                  privacy_planned_epochs: int = 1, max_epsilon: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.proximal_mu = float(proximal_mu)
-        self.dp = privacy.settings(self.params)
+        self.dp = privacy.settings(kwargs.get("gandlf_config"))
         self.privacy_planned_epochs = privacy_planned_epochs  # rounds x epochs: what `epsilon` is spread over
         self.max_epsilon = max_epsilon
         self.accountant = None  # built at the first round, when the collaborator's name is known
         if self.dp:
+            self.params["differential_privacy"] = self.dp
             self.model, self.optimizer, self.scheduler = privacy.make_compatible(
                 self.model, self.optimizer, self.scheduler, self.params)
             self.initialize_tensorkeys_for_functions(with_opt_vars=False)

@@ -28,9 +28,16 @@ EPSILON_METRIC = "epsilon"
 STOPPED_METRIC = "privacy_budget_exhausted"
 
 
-def settings(params: dict) -> dict | None:
-    """The `differential_privacy` section GaNDLF parsed (its defaults filled in), or None without DP."""
-    section = params.get("differential_privacy")
+def settings(gandlf_config) -> dict | None:
+    """The `differential_privacy` section of the plan's GaNDLF config (cofe's init filled in GaNDLF's
+    defaults), or None without DP. Not GaNDLF's parsed one: GaNDLF 0.1.5's validator replaces any
+    section by its defaults (it tests for a dict after pydantic made it a model)."""
+    if isinstance(gandlf_config, str):
+        import yaml
+
+        with open(gandlf_config) as handle:
+            gandlf_config = yaml.safe_load(handle)
+    section = (gandlf_config or {}).get("differential_privacy")
     return dict(section) if section else None
 
 
@@ -69,6 +76,25 @@ def _drop_untracked_running_statistics(model) -> None:
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 if getattr(module, name, None) is not None:
                     module.register_buffer(name, None)
+
+
+def _step_on_empty_batches(optimizer) -> None:
+    """Poisson sampling draws empty batches now and then: their loss reaches no parameter, so Opacus's
+    optimizer finds no per-sample gradient and raises. DP-SGD's step for an empty batch is noise alone
+    (and the accountant counts it): zero per-sample gradients give exactly that."""
+    import torch
+
+    original = optimizer.pre_step
+
+    def pre_step(closure=None):
+        present = [p.grad_sample for p in optimizer.params if p.grad_sample is not None]
+        samples = (present[0][0] if isinstance(present[0], list) else present[0]).shape[0] if present else 0
+        for param in optimizer.params:
+            if param.grad_sample is None:
+                param.grad_sample = torch.zeros((samples, *param.shape), dtype=param.dtype, device=param.device)
+        return original(closure)
+
+    optimizer.pre_step = pre_step
 
 
 def _freeze_unused_parameters(model, params: dict) -> None:
@@ -192,6 +218,7 @@ def train_privately(runner, accountant: SiteAccountant, epochs: int):
         module=runner.model, optimizer=runner.optimizer, data_loader=loader,
         noise_multiplier=noise, max_grad_norm=accountant.dp["max_grad_norm"])
     private_loader.collate_fn = empty_collate(private_loader.dataset[0])
+    _step_on_empty_batches(optimizer)
     try:
         model.train()
         for epoch in range(epochs):
