@@ -79,9 +79,9 @@ def _drop_untracked_running_statistics(model) -> None:
 
 
 def _step_on_empty_batches(optimizer) -> None:
-    """Poisson sampling draws empty batches now and then: their loss reaches no parameter, so Opacus's
-    optimizer finds no per-sample gradient and raises. DP-SGD's step for an empty batch is noise alone
-    (and the accountant counts it): zero per-sample gradients give exactly that."""
+    """A parameter the step's loss did not reach has no per-sample gradient, and Opacus's optimizer
+    raises; in an empty batch (see _NonEmptyBatches) none has one. Zero per-sample gradients give
+    DP-SGD's step exactly: noise alone for an empty batch (and the accountant counts it)."""
     import torch
 
     original = optimizer.pre_step
@@ -95,6 +95,38 @@ def _step_on_empty_batches(optimizer) -> None:
         return original(closure)
 
     optimizer.pre_step = pre_step
+
+
+class _NonEmptyBatches:
+    """The Opacus loader's batches for GaNDLF's train_network, which runs the model on every batch it
+    is given, and a model cannot run on an empty one (instance norm raises IndexError). Poisson
+    sampling draws empty batches now and then (3 patches per epoch: ~30% of steps): each is a DP-SGD
+    step all the same, taken here as noise alone, so the accountant's steps are the sampler's steps.
+
+    train_network averages its loss and metrics over len(): the batches it was given, once it has seen
+    them all (before that: the loader's length, for its progress bar)."""
+
+    def __init__(self, loader, optimizer, params: dict):
+        self.loader, self.optimizer, self.params = loader, optimizer, params
+        self.given = None
+
+    def __iter__(self):
+        from GANDLF.privacy.opacus import handle_dynamic_batch_size
+
+        self.given = 0
+        for subject in self.loader:
+            subject, size = handle_dynamic_batch_size(subject=subject, params=self.params)
+            if size:
+                self.given += 1
+                yield subject
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.step()
+        logger.info("DP-SGD epoch: %d of %d steps had an empty batch (noise only)",
+                    len(self.loader) - self.given, len(self.loader))
+
+    def __len__(self):
+        return len(self.loader) if self.given is None else max(1, self.given)
 
 
 def _freeze_unused_parameters(model, params: dict) -> None:
@@ -224,7 +256,8 @@ def train_privately(runner, accountant: SiteAccountant, epochs: int):
         for epoch in range(epochs):
             logger.info("DP-SGD epoch %d: noise multiplier %.4f, max_grad_norm %s, sample rate %.4f",
                         epoch, noise, accountant.dp["max_grad_norm"], sample_rate)
-            loss, metrics = train_network(model, private_loader, optimizer, params)
+            batches = _NonEmptyBatches(private_loader, optimizer, params)
+            loss, metrics = train_network(model, batches, optimizer, params)
     finally:
         params["batch_size"] = batch_size
         model._close()  # removes Opacus's hooks from runner.model, which keeps the trained weights
