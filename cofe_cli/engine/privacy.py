@@ -246,6 +246,7 @@ def train_privately(runner, accountant: SiteAccountant, epochs: int):
     engine = PrivacyEngine(accountant=accountant.dp["accountant"], secure_mode=accountant.dp["secure_mode"])
     engine.accountant = accountant.new_accountant()
     batch_size = params["batch_size"]  # GaNDLF's train_network sets it to each Poisson batch's size
+    runner.model.train()  # Opacus wraps only a model in training mode; OpenFL validated it just before
     model, optimizer, private_loader = engine.make_private(
         module=runner.model, optimizer=runner.optimizer, data_loader=loader,
         noise_multiplier=noise, max_grad_norm=accountant.dp["max_grad_norm"])

@@ -98,6 +98,7 @@ def test_a_restarted_collaborator_continues_its_accountant(site, tmp_path, monke
     assert not any(name.startswith("_module.") for name in weights)
     _, first = _train(runner, 0, weights)
     restarted = _runner(site, {})  # a new process: nothing in memory but the plan and the workspace
+    restarted.validate("site_a", 1, {name: value.copy() for name, value in weights.items()}, apply="global")  # as OpenFL does first
     tensors, second = _train(restarted, 1, weights)
     assert set(tensors) == set(weights)  # the names OpenFL sends, not Opacus's wrapper names
     steps = N_TRAIN
