@@ -140,3 +140,32 @@ def test_updates_are_clipped_per_sample_and_noised_at_the_configured_scale(site,
     expected = 1.0 * clip * math.sqrt(steps * trainable)
     slack = 2 * clip * steps * N_TRAIN
     assert abs((updates[1.0] - updates[0.0]).norm() - expected) <= 0.05 * expected + slack
+
+
+def test_an_empty_poisson_batch_is_a_noise_only_step_the_model_never_sees():
+    # Poisson sampling drew an empty batch in ~30% of the demo's steps, and GaNDLF's train_network
+    # ran the model on it (instance norm: IndexError). Such a step is noise alone, counted all the same.
+    import torch
+    from opacus import PrivacyEngine
+
+    from cofe_cli.engine.privacy import _NonEmptyBatches, _step_on_empty_batches
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1, 4)), batch_size=1)
+    engine = PrivacyEngine(accountant="rdp")
+    model, optimizer, _ = engine.make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+                                              data_loader=data, noise_multiplier=1.0, max_grad_norm=1.0)
+    _step_on_empty_batches(optimizer)
+    params = {"channel_keys": ["1"], "differential_privacy": DP, "batch_size": 1}
+    empty, full = {"1": {"data": torch.zeros(0, 1, 4)}}, {"1": {"data": torch.ones(2, 1, 4)}}
+    before = [p.detach().clone() for p in model.parameters()]
+    batches = _NonEmptyBatches([empty, full, empty], optimizer, params)
+    assert len(batches) == 3  # before iterating: the loader's steps (train_network's progress bar)
+    given = iter(batches)
+    assert next(given) is full  # the empty batch before it was a step: noise only, nothing clipped
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert len(engine.accountant.history) == 1 and engine.accountant.history[0][2] == 1
+    assert list(given) == []
+    assert len(batches) == 1  # train_network averages its loss over the batches it trained on
+    assert engine.accountant.history[0][2] == 2  # the trailing empty batch counted too; `full` was not trained here
