@@ -21,7 +21,7 @@ from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_s
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import PlanOptions, build_plan, check_plan_options, dump_yaml, site_loss_policy
-from cofe_cli.plan.data import check_data_folder, expectations_of, split_csv
+from cofe_cli.plan.data import TRAIN_CSV, check_data_folder, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
 
@@ -59,8 +59,27 @@ class Initialised:
 
 def parse_collaborator_args(values: list[str]) -> list[tuple[str, Path | None]]:
     if not values:
-        raise CofeError("no collaborators given", hint="add --collaborator NAME=DATA for every site (at least one)")
+        raise CofeError("no collaborators given",
+                        hint="add --collaborator NAME=DATA for every site (at least one), or --sites-from DIR")
     return parse_site_arguments(values)
+
+
+def collaborators_from_folder(folder: Path) -> list[str]:
+    """`--sites-from DIR`: NAME=DIR/NAME for every sub-folder, in name order (hidden ones skipped), as
+    `--collaborator` takes them; each must hold GaNDLF's CSVs (checked in full with the others' data)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CofeError(f"--sites-from {folder} is not a folder",
+                        hint="give the folder `cofe data split --out` wrote: one sub-folder per site")
+    sites = sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    if not sites:
+        raise CofeError(f"--sites-from {folder} has no sub-folders",
+                        hint="it needs one sub-folder per site with train.csv and valid.csv, e.g. from `cofe data split`")
+    without = [site.name for site in sites if not (site / TRAIN_CSV).is_file()]
+    if without:
+        raise CofeError(f"--sites-from {folder}: sub-folder(s) without {TRAIN_CSV}: {', '.join(without)}",
+                        hint="every sub-folder is one site's data folder with train.csv and valid.csv: remove the others")
+    return [f"{site.name}={site}" for site in sites]
 
 
 def _installed(package: str) -> str:

@@ -251,18 +251,24 @@ def _subject_rank(subject: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()
 
 
+def pick_valid_subjects(subjects: Sequence[str], *, valid_fraction: float, seed: int) -> set[str]:
+    """The subjects that validate: `valid_fraction` of at least 2 subjects, but at least one and never all."""
+    ranked = sorted(set(subjects), key=lambda s: _subject_rank(s, seed))
+    return set(ranked[:min(len(ranked) - 1, max(1, round(len(ranked) * valid_fraction)))])
+
+
 def split_csv(csv_path: Path, out_folder: Path, *, problem_type: str | None, channels: int | None = None,
               patch_size: Sequence[int] = (), padding: bool = False, valid_fraction: float = 0.2, seed: int = 0) -> DataSummary:
     """Split one GaNDLF CSV by subject into train.csv/valid.csv with absolute paths."""
     csv_path = Path(csv_path).expanduser().resolve()
     columns, rows, sizes = check_csv(csv_path, problem_type=problem_type, channels=channels)
-    subjects = sorted({row[columns.subject] for row in rows}, key=lambda s: _subject_rank(s, seed))
+    subjects = {row[columns.subject] for row in rows}
     if len(subjects) < 2:
         raise CofeError(f"{csv_path} has {len(subjects)} subject(s); a train/valid split needs at least 2",
                         hint="add subjects, or give a folder with train.csv and valid.csv")
-    n_valid = min(len(subjects) - 1, max(1, round(len(subjects) * valid_fraction)))
-    summary = _summary(out_folder, len(subjects) - n_valid, n_valid, columns, sizes, patch_size=patch_size, padding=padding)
-    valid_subjects = set(subjects[:n_valid])
+    valid_subjects = pick_valid_subjects(subjects, valid_fraction=valid_fraction, seed=seed)
+    summary = _summary(out_folder, len(subjects) - len(valid_subjects), len(valid_subjects), columns, sizes,
+                       patch_size=patch_size, padding=padding)
     train_rows = [r for r in rows if r[columns.subject] not in valid_subjects]
     valid_rows = [r for r in rows if r[columns.subject] in valid_subjects]
     atomic_write_text(Path(out_folder) / TRAIN_CSV, _render_absolute(train_rows, columns, csv_path))
