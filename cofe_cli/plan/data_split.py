@@ -29,6 +29,8 @@ MIN_SUBJECTS_PER_SITE = 2
 # Dirichlet draws that leave a site with too few subjects are drawn again, this many times at most.
 DIRICHLET_DRAWS = 1000
 LESION, NO_LESION = "lesion", "no lesion"
+# More distinct values than this (a regression target, most likely) are counted, not listed, in the summary.
+LISTED_CLASSES = 10
 MODES_HINT = "give one of --by COLUMN, --partition-csv FILE, --sites N (IID) or --sites N --dirichlet ALPHA"
 
 
@@ -282,4 +284,6 @@ def label_balance(study: Study, subjects: tuple[str, ...]) -> str:
     counts = Counter(study.label_of[subject] for subject in subjects)
     if study.problem_type == "segmentation":
         return f"{counts[LESION]}/{len(subjects)}"
+    if len(counts) > LISTED_CLASSES:
+        return f"{len(counts)} distinct values"
     return ", ".join(f"{label}: {counts[label]}" for label in sorted(counts, key=_natural))

@@ -13,7 +13,7 @@ from volumes import write_volume
 from cofe_cli.errors import CofeError
 from cofe_cli.plan.data import check_data_folder
 from cofe_cli.plan.data_split import (LESION, NO_LESION, Site, SplitMode, check_out_folder, check_split_options,
-                                      read_study, site_name, split_study, write_sites)
+                                      label_balance, read_study, site_name, split_study, write_sites)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
@@ -176,6 +176,15 @@ def test_written_sites_are_data_folders_cofe_accepts(tmp_path: Path) -> None:
     for site in sites:
         summary = check_data_folder(out / site.name, problem_type="segmentation", channels=1)
         assert (summary.train_subjects, summary.valid_subjects) == (len(site.train), len(site.valid))
+
+
+def test_label_balance_lists_classes_and_counts_lesions(tmp_path: Path) -> None:
+    classes = read_study(classification_study(tmp_path / "classes", ["1", "0", "1", "2"]))
+    assert label_balance(classes, ("c00", "c01", "c02")) == "0: 1, 1: 2"
+    many = read_study(classification_study(tmp_path / "regression", [str(n / 10) for n in range(12)]))
+    assert label_balance(many, tuple(many.rows_of)) == "12 distinct values"
+    lesions = read_study(segmentation_study(tmp_path / "masks", 6, lesion_every=3))
+    assert label_balance(lesions, ("s00", "s01", "s02", "s03")) == "2/4"
 
 
 @pytest.mark.parametrize("value, name", [("1", "site1"), ("07", "site07"), ("Hospital A", "hospital_a"),
