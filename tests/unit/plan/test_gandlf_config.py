@@ -441,7 +441,7 @@ def test_norm_type_none_is_refused_for_non_vgg() -> None:
     assert "norm_type" not in normalised(model={"norm_type": None})["model"]
 
 
-@pytest.mark.parametrize("key", ["patch_size", "loss_function", "metrics"])
+@pytest.mark.parametrize("key", ["patch_size", "loss_function"])
 def test_required_modelling_choices_are_asked_for(key: str) -> None:
     with pytest.raises(CofeError, match=f"no `{key}`"):
         normalised(**{key: DROP})
