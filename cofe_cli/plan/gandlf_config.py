@@ -83,6 +83,7 @@ GANDLF_MODEL_DEFAULTS: dict[str, tuple[type, Any]] = {
     "print_summary": (bool, True), "ignore_label_validation": (int, None), "type": (str, "torch"),
     "data_type": (str, "FP32"), **{alias: (int, _UNSET) for alias in CHANNEL_COUNT_ALIASES},
 }
+GANDLF_PATCH_SAMPLER_DEFAULTS: dict[str, tuple[type, Any]] = {"enable_padding": (bool, False), "biased_sampling": (bool, False)}
 _UNSET_TEXTS = frozenset({"none", "null", "~"})
 _BOOL_TEXTS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
@@ -246,6 +247,8 @@ def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.
     _read_text_values(result, GANDLF_TOP_LEVEL_DEFAULTS, "", notes)
     _read_text_values(model, GANDLF_MODEL_DEFAULTS, "model.", notes)
     _move_legacy_keys(result, notes)
+    if isinstance(result.get("patch_sampler"), dict):
+        _read_text_values(result["patch_sampler"], GANDLF_PATCH_SAMPLER_DEFAULTS, "patch_sampler.", notes)
     _lowercase_choices(result, notes)
     _require_top_level_keys(result)
     _normalise_architecture(model, notes)
@@ -424,6 +427,14 @@ def _metrics_as_list(cfg: dict, notes: list[str]) -> None:
     if isinstance(cfg["metrics"], str):
         cfg["metrics"] = [cfg["metrics"]]
         notes.append(f"metrics {cfg['metrics'][0]!r} -> {cfg['metrics']} (GaNDLF expects a list)")
+    metrics = cfg["metrics"]
+    entries = metrics if isinstance(metrics, list) else [] if isinstance(metrics, dict) else [metrics]
+    for entry in entries:
+        if not (isinstance(entry, str) and entry.strip() or isinstance(entry, dict) and entry):
+            raise CofeError(
+                f"metrics must name GaNDLF metrics, but {metrics!r} holds {entry!r}",
+                hint="e.g. `metrics: [dice]`, or `metrics: [accuracy, {f1: {average: macro}}]`",
+            )
 
 
 def _normalise_architecture(model: dict, notes: list[str]) -> None:
