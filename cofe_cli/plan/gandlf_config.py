@@ -331,8 +331,11 @@ def _move_legacy_keys(cfg: dict, notes: list[str]) -> None:
     # FeTS-era configs (GaNDLF 0.0.14) padded with a top-level `enable_padding`; 0.1.5 reads
     # patch_sampler.enable_padding only.
     if "enable_padding" in cfg:
-        padding = cfg.pop("enable_padding")
+        padding = cfg_padding = cfg.pop("enable_padding")
         padding = _BOOL_TEXTS.get(padding.strip().lower()) if isinstance(padding, str) else padding
+        if not isinstance(padding, bool):
+            raise CofeError(f"enable_padding must be true or false, not {cfg_padding!r}",
+                            hint="write `patch_sampler: {type: uniform, enable_padding: true}` (GaNDLF 0.1.5's place for it)")
         if not padding:
             notes.append("enable_padding: false dropped (GaNDLF 0.1.5 reads patch_sampler.enable_padding; false is its default)")
             return

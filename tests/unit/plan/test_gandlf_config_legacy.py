@@ -139,6 +139,11 @@ def test_top_level_enable_padding_false_is_dropped() -> None:
     assert "enable_padding: false dropped" in notes
 
 
+def test_top_level_enable_padding_that_is_no_boolean_is_refused() -> None:
+    with pytest.raises(CofeError, match="enable_padding must be true or false, not 'sometimes'"):
+        normalise(config(enable_padding="sometimes"))
+
+
 def test_padding_written_as_text_in_the_sampler_is_read_as_a_boolean() -> None:
     result, _notes = normalise(config(patch_sampler={"type": "uniform", "enable_padding": "False"}, enable_padding="no"))
     assert expectations_of(result)["padding"] is False
