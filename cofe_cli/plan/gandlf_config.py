@@ -76,7 +76,8 @@ GANDLF_TOP_LEVEL_DEFAULTS: dict[str, tuple[type, Any]] = {
     "clip_grad": (float, None), "track_memory_usage": (bool, False), "memory_save_mode": (bool, False),
     "print_rgb_label_warning": (bool, True), "determinism": (bool, False), "previous_parameters": (dict, None),
     "grid_aggregator_overlap": (str, "crop"), "clip_mode": (str, "norm"), "scheduler": (str, "triangle_modified"),
-    "optimizer": (str, "adam"), "patch_sampler": (str, "uniform"), "inference_mechanism": (dict, {"grid_aggregator_overlap": "crop", "patch_overlap": 0}),
+    "optimizer": (str, "adam"), "patch_sampler": (str, "uniform"),
+    "inference_mechanism": (dict, {"grid_aggregator_overlap": "crop", "patch_overlap": 0}),
 }
 GANDLF_MODEL_DEFAULTS: dict[str, tuple[type, Any]] = {
     "dimension": (int, _UNSET), "base_filters": (int, 32), "amp": (bool, False), "save_at_every_epoch": (bool, False),
@@ -393,9 +394,13 @@ def _default_metrics(cfg: dict, data: DataFacts | None, notes: list[str]) -> str
 def _settle_problem_type(cfg: dict, problem_type: str | None, notes: list[str]) -> None:
     # GaNDLF overwrites `problem_type` from each site's CSV header before training, so a written one only
     # reaches a model built without data: the aggregator's initial model.
-    given = cfg.get("problem_type")
+    written = cfg.get("problem_type")
+    given = written.strip().lower() if isinstance(written, str) else written
     if given is not None and given not in PROBLEM_TYPES:
-        raise CofeError(f"unknown problem_type {given!r}", hint=f"use one of: {', '.join(PROBLEM_TYPES)}, or remove it")
+        raise CofeError(f"unknown problem_type {written!r}", hint=f"use one of: {', '.join(PROBLEM_TYPES)}, or remove it")
+    if given != written:
+        cfg["problem_type"] = given
+        notes.append(f"problem_type {written!r} -> {given!r} (GaNDLF compares it case-sensitively)")
     if given is not None and problem_type is not None and given != problem_type:
         cfg["problem_type"] = problem_type
         notes.append(f"problem_type {given!r} -> {problem_type!r} (what GaNDLF decides from the final layer, "

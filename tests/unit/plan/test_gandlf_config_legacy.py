@@ -262,6 +262,11 @@ def test_a_contradicting_problem_type_is_corrected() -> None:
     assert "problem_type 'classification' -> 'segmentation'" in notes
 
 
+def test_a_problem_type_with_capitals_is_lowercased() -> None:
+    result, notes = normalise(config(problem_type="Segmentation"))
+    assert result["problem_type"] == "segmentation" and "problem_type 'Segmentation' -> 'segmentation'" in notes
+
+
 def test_an_unknown_problem_type_is_refused() -> None:
     with pytest.raises(CofeError, match="unknown problem_type 'segmentaton'"):
         normalise(config(problem_type="segmentaton"))
