@@ -10,9 +10,12 @@ here but the wait for GaNDLF and OpenFL: the commands say what came of it (`Init
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
+from urllib.error import URLError
 
 from cofe_cli import __version__
 from cofe_cli.console import console
@@ -21,7 +24,7 @@ from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_s
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import PlanOptions, build_plan, check_plan_options, dump_yaml, site_loss_policy
-from cofe_cli.plan.data import TRAIN_CSV, check_data_folder, expectations_of, split_csv
+from cofe_cli.plan.data import TRAIN_CSV, check_data_folder, data_facts, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
 
@@ -94,9 +97,11 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
     """Everything cheap is checked first; GaNDLF and OpenFL then check the staged result, and only
     a federation that passed all checks replaces what is on disk."""
     gandlf_version = _installed("gandlf")
-    gandlf_config, changes = normalise_gandlf_config_with_notes(load_gandlf_yaml(Path(request.gandlf_config)),
-                                                                gandlf_version=gandlf_version)
+    raw_config = load_gandlf_yaml(Path(request.gandlf_config))
     collaborators = parse_collaborator_args(request.collaborators)
+    with gandlf_config_guard(request.gandlf_config):
+        gandlf_config, changes = normalise_gandlf_config_with_notes(
+            raw_config, gandlf_version=gandlf_version, data=data_facts([data for _, data in collaborators]))
     min_collaborators, round_timeout = site_loss_policy(request.min_collaborators, request.round_timeout, len(collaborators))
     options = PlanOptions(
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
@@ -111,7 +116,8 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
     notes = [note for name, data in collaborators if data is not None and not data.is_file()
              for note in check_data_folder(data, **expected).notes]
 
-    plan_yaml = dump_yaml(build_plan(gandlf_config, options))
+    with gandlf_config_guard(request.gandlf_config):
+        plan_yaml = dump_yaml(build_plan(gandlf_config, options))
     manifest = Manifest(
         name=request.name or layout.root.name, collaborators=tuple(name for name, _ in collaborators),
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
@@ -127,6 +133,27 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
         manifest, split_notes = _build_and_swap_in(layout, request, gandlf_config, plan_yaml, manifest, collaborators,
                                                    expected)
     return Initialised(manifest, gandlf_version, notes + split_notes, changes)
+
+
+@contextmanager
+def gandlf_config_guard(config_path: Path, *, building_model: bool = False) -> Iterator[None]:
+    """Whatever GaNDLF (or cofe's reading of the config) raises while the config becomes a plan and a model
+    is one error line naming the config, never a traceback; the known cases are refused before, by name."""
+    try:
+        yield
+    except CofeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure here is this config's, told in one line
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        if building_model and isinstance(error, URLError | ConnectionError | TimeoutError):
+            raise CofeError(
+                f"GaNDLF could not download what the model in {config_path} starts from ({reason})",
+                hint="give this machine network access, or start from random weights "
+                     "(e.g. `pretrained: false` under `model:` for imagenet_unet)") from None
+        stage = "build the model of" if building_model else "turn into a plan"
+        raise CofeError(f"GaNDLF could not {stage} the config {config_path}: {reason}",
+                        hint="fix that setting in the GaNDLF config; GaNDLF's samples/config_all_options.yaml "
+                             "documents every option") from None
 
 
 def _build_and_swap_in(layout: FederationLayout, request: InitRequest, gandlf_config: dict, plan_yaml: str,
@@ -150,7 +177,7 @@ def _build_and_swap_in(layout: FederationLayout, request: InitRequest, gandlf_co
             from cofe_cli.engine.gandlf_validation import validate_with_gandlf
             from cofe_cli.engine.participant import check_plan, quiet, write_initial_model
 
-            with quiet():
+            with quiet(), gandlf_config_guard(request.gandlf_config, building_model=True):
                 validate_with_gandlf(gandlf_config)
                 check_plan(stage.aggregator().workspace)
                 write_initial_model(stage.aggregator().workspace, stage.plans / INIT_MODEL)

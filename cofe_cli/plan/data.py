@@ -208,6 +208,34 @@ def check_patch_fits(sizes: list[tuple[int, ...]], patch_size: Sequence[int], *,
             f"(down to {_voxels(smallest)} voxels); GaNDLF pads them (enable_padding), so those patches are mostly padding",)
 
 
+@dataclass(frozen=True)
+class DataFacts:
+    """What a site's CSV header tells about the model, for a config that does not say it itself."""
+
+    source: Path
+    channels: int
+    problem_type: str | None  # "segmentation" (a Label column) or "classification" (ValueToPredict); None if neither
+
+
+def data_facts(data_paths: Sequence[Path | None]) -> DataFacts | None:
+    """From the first site whose data is given here (a folder's train.csv, or the CSV itself): only the
+    header is read, as GaNDLF reads it. The other sites are checked against it later (check_csv)."""
+    for data in data_paths:
+        if data is None:
+            continue
+        csv_path = Path(data).expanduser()
+        csv_path = csv_path / TRAIN_CSV if csv_path.is_dir() else csv_path
+        if not csv_path.is_file():
+            continue
+        header, _rows = _read_csv(csv_path)
+        columns = classify_columns(header)
+        if not columns.channels:
+            continue
+        problem_type = "classification" if columns.values else "segmentation" if columns.label else None
+        return DataFacts(csv_path, len(columns.channels), problem_type)
+    return None
+
+
 def expectations_of(gandlf_config: dict) -> dict:
     """What the model needs of a site's data, from the GaNDLF config: check_data_folder's and split_csv's keywords."""
     sampler = gandlf_config.get("patch_sampler")
