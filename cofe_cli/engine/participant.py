@@ -218,11 +218,15 @@ def write_evaluated_model(workspace: Path, source: Path, output: Path) -> None:
         os.replace(partial, output)
 
 
+def require_data_path(plan, name: str) -> None:
+    if name not in plan.cols_data_paths:
+        raise CofeError(f"no data path for {name} in {DATA}", hint=f"start it with `cofe start collaborator {name} --data PATH`")
+
+
 def run_collaborator(workspace: Path, name: str, device: str | None = None) -> None:
     with _in_directory(workspace):
         plan = _parse_plan()
-        if name not in plan.cols_data_paths:
-            raise CofeError(f"no data path for {name} in {DATA}", hint=f"start it with `cofe start collaborator {name} --data PATH`")
+        require_data_path(plan, name)
         if device:
             # A site's own hardware, not the federation's: applied after parsing, which has already fixed
             # the federation's identity from the plan's hash, so plan.yaml stays as every party has it.
