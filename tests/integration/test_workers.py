@@ -77,11 +77,12 @@ def test_a_revoked_site_is_refused_and_a_killed_worker_loses_all_its_sites(tmp_p
             run.wait(timeout=120)
     assert run.returncode == 0, out[-6000:]
     assert "Traceback" not in out
-    for name in ("site_a", "site_c", "site_d"):
-        assert f"{name} lost in round 1" in out, out[-6000:]
+    for name in ("site_a", "site_c"):
+        assert f"{name} lost in round 1 (exit code -9)" in out, out[-6000:]
+    assert "site_d lost in round 1" in out, out[-6000:]
     refused = (fed / "workspaces" / "site_d" / "logs" / "site_d.log").read_text()
     assert "the aggregator refused site_d: its certificate is revoked" in refused, refused[-2000:]
     assert _took_part(fed) == {0: ["site_b"]}
     summary = json.loads((fed / "results" / "summary.json").read_text())
-    assert set(summary["lost"]) == {"site_a", "site_c", "site_d"} and summary["lost"]["site_a"] == -signal.SIGKILL
+    assert summary["lost"] == {"site_a": 0, "site_c": 0, "site_d": 0}  # the round each was lost in
     assert processes_using(fed) == []
