@@ -66,7 +66,7 @@ def run(
         sites = len(layout.load_manifest().collaborators)
     else:
         sites = len(request.collaborators)
-    check_workers(workers, sites, containers=containers, slurm=slurm)
+    check_workers(workers, sites, containers=containers)
     with federation_locked(layout):  # from before init and certify, which it may do first
         prepared = prepare(layout, request)
         report_prepared(layout, prepared)

@@ -94,8 +94,11 @@ def collaborator(
 def worker(
     sites: str = typer.Option(..., "--sites", help="The collaborators to run in this process, comma-separated."),
     dir: Path = _DIR,
+    device: str = typer.Option(None, "--device", help="Train on this device (cpu, cuda, cuda:1) instead of the plan's."),
 ) -> None:
     """Run several collaborators of the federation in this one process (what `cofe run --workers N` starts)."""
+    if device is not None:
+        check_device(device)
     layout = FederationLayout(dir)
     manifest = layout.load_manifest()
     names = [name for name in sites.split(",") if name]
@@ -114,7 +117,7 @@ def worker(
 
         sigterm_as_ctrl_c()  # a launcher's stop is a Ctrl-C
         try:
-            code = run_sites([layout.participant(name, manifest) for name in names])
+            code = run_sites([layout.participant(name, manifest) for name in names], device=device)
         except KeyboardInterrupt:
             print_error(f"{', '.join(names)} stopped before the federation finished")
             code = 130

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from cofe_cli.engine.participant import PLAN_LOGGER, _in_directory, _parse_plan, require_data_path
+from cofe_cli.engine.participant import PLAN_LOGGER, _in_directory, _parse_plan, require_data_path, use_device
 from cofe_cli.errors import CofeError
 from cofe_cli.fsutil import atomic_write_text
 from cofe_cli.participant import Participant
@@ -93,9 +93,10 @@ def _site_directory(participant: Participant):
 class _Site:
     """One collaborator of the worker, set up in its own thread during a turn."""
 
-    def __init__(self, participant: Participant, turn: threading.Lock):
+    def __init__(self, participant: Participant, turn: threading.Lock, device: str | None):
         self.participant = participant
         self.turn = turn
+        self.device = device
         self.collaborator = None
         self.runner: RoundScopedTaskRunner | None = None
 
@@ -111,6 +112,7 @@ class _Site:
         with self.turn_taken():
             plan = _parse_plan()
             require_data_path(plan, name)
+            use_device(plan, self.device)
             # Absolute: the client reads them again when it reconnects, from whatever directory the worker is in.
             client = RefusalAwareClient(**plan.get_client_args(name, root_certificate=str(participant.chain),
                                                                private_key=str(participant.key),
@@ -187,9 +189,9 @@ def _setup_logging(participants: list[Participant]) -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
-def _run_site(participant: Participant, turn: threading.Lock, codes: dict[str, int]) -> None:
+def _run_site(participant: Participant, turn: threading.Lock, device: str | None, codes: dict[str, int]) -> None:
     """A site's whole life in the worker; its exit code goes to its exit file, as a process's would to its launcher."""
-    site = _Site(participant, turn)
+    site = _Site(participant, turn, device)
     try:
         site.open()
         site.run()
@@ -209,12 +211,13 @@ def _run_site(participant: Participant, turn: threading.Lock, codes: dict[str, i
     atomic_write_text(participant.exit_file, f"{code}\n")
 
 
-def run_sites(participants: list[Participant]) -> int:
-    """Run every site to its end in this process; 0 when all finished, else the first failure's code."""
+def run_sites(participants: list[Participant], device: str | None = None) -> int:
+    """Run every site to its end in this process (training on `device` instead of the plan's, when given);
+    0 when all finished, else the first failure's code."""
     _setup_logging(participants)
     turn = threading.Lock()
     codes: dict[str, int] = {}
-    threads = [threading.Thread(target=_run_site, args=(p, turn, codes), name=p.name, daemon=True) for p in participants]
+    threads = [threading.Thread(target=_run_site, args=(p, turn, device, codes), name=p.name, daemon=True) for p in participants]
     for thread in threads:
         thread.start()
     for thread in threads:

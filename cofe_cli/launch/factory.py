@@ -75,13 +75,14 @@ def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: C
     if slurm:
         from cofe_cli.launch.slurm import SlurmFederation
 
-        launcher = SlurmFederation(layout, manifest, options=slurm, restart=restart, say=say)
+        launcher = SlurmFederation(layout, manifest, options=slurm, restart=restart, say=say, workers=workers)
         launcher.check()
         for note in launcher.notes:
             say(note)
         # Jobs do not die with this process: a `kill` of the command must cancel them like a Ctrl-C.
         sigterm_as_ctrl_c()
-        say(f"Submitting the aggregator and {count} collaborator(s) as Slurm jobs ({endpoint}; "
+        shared = f", the collaborators in {workers} shared worker job(s)" if workers else ""
+        say(f"Submitting the aggregator and {count} collaborator(s) as Slurm jobs{shared} ({endpoint}; "
             f"scripts in {layout.root / 'slurm'})...")
         return launcher
     if containers:

@@ -17,13 +17,10 @@ from cofe_cli.launch.supervisor import ParticipantState
 WORKERS_DIR = "workers"  # in the federation's folder: each worker's own output, beside the sites' logs
 
 
-def check_workers(workers: int | None, collaborators: int, *, containers: bool = False, slurm: bool = False) -> None:
+def check_workers(workers: int | None, collaborators: int, *, containers: bool = False) -> None:
     """`--workers` before anything is initialised or started (None: one process per collaborator)."""
     if workers is None:
         return
-    if slurm:
-        raise CofeError("--workers does not go with --slurm yet: every collaborator is a Slurm job of its own",
-                        hint="leave --workers out, or run the shared workers on this machine (without --slurm)")
     if containers:
         raise CofeError("--workers does not go with --containers: every participant gets a container of its own",
                         hint="leave --workers out, or run the collaborators as processes (without --containers)")
@@ -38,6 +35,19 @@ def check_workers(workers: int | None, collaborators: int, *, containers: bool =
 def assign_sites(collaborators: list[str] | tuple[str, ...], workers: int) -> list[tuple[str, ...]]:
     """Round-robin, in the plan's order: worker k holds sites k, k+N, k+2N, ...; sizes differ by one at most."""
     return [tuple(collaborators[k::workers]) for k in range(workers)]
+
+
+def worker_command(layout: FederationLayout, sites: tuple[str, ...], *, python: str | None = None,
+                   device: str | None = None) -> list[str]:
+    """The hidden `cofe start worker` that runs `sites` in one process: by `python -m cofe_cli` when `python`
+    is given (as Participant.start_command)."""
+    args = [python, "-m", "cofe_cli"] if python else []
+    args += ["start", "worker", "--sites", ",".join(sites), "--dir", str(layout.root)]
+    return args + (["--device", device] if device else [])
+
+
+def worker_log(layout: FederationLayout, key: str) -> Path:
+    return layout.root / WORKERS_DIR / f"{key}.log"
 
 
 def read_exit_code(path: Path) -> int | None:
@@ -71,8 +81,7 @@ class WorkerFederation(ProcessFederation):
         self._spawn_worker(f"worker-{name}-{self._restarted}", (name,))
 
     def worker_command(self, sites: tuple[str, ...]) -> list[str]:
-        """The hidden `cofe start worker` that runs `sites` in one process, run by this same Python."""
-        return [sys.executable, "-m", "cofe_cli", "start", "worker", "--sites", ",".join(sites), "--dir", str(self.layout.root)]
+        return worker_command(self.layout, sites, python=sys.executable)
 
     def _spawn_worker(self, key: str, sites: tuple[str, ...]) -> None:
         participants = [self.layout.participant(name) for name in sites]
@@ -81,18 +90,23 @@ class WorkerFederation(ProcessFederation):
             self._worker_of[participant.name] = key
         # Every worker trains one site at a time, all workers at once on this machine's cores.
         threads = participants[0].thread_budget(sharing=len(self.assignment))
-        self._spawn_process(key, self.worker_command(sites),
-                            self.layout.root / WORKERS_DIR / f"{key}.log", participants[0].launch_env(threads))
+        self._spawn_process(key, self.worker_command(sites), worker_log(self.layout, key),
+                            participants[0].launch_env(threads))
 
     def states(self) -> dict[str, ParticipantState]:
-        """Per site, as the supervisor expects: a site's own exit code once its worker wrote it; a worker that
-        ended without writing it (killed, crashed) lost the site with the worker's code."""
-        processes = super().states()
-        states = {AGGREGATOR: processes[AGGREGATOR]}
-        for site, key in self._worker_of.items():
-            worker = processes[key]
-            code = read_exit_code(self.layout.participant(site).exit_file)
-            if code is None and worker.returncode is not None:
-                code = worker.returncode or 1
-            states[site] = ParticipantState(name=site, returncode=code, peak_rss=worker.peak_rss)
-        return states
+        return site_states(self.layout, self._worker_of, super().states())
+
+
+def site_states(layout: FederationLayout, worker_of: dict[str, str],
+                workers: dict[str, ParticipantState]) -> dict[str, ParticipantState]:
+    """Per site, as the supervisor expects, from the states of the worker processes or jobs (and the
+    aggregator's, kept): a site's own exit code once its worker wrote it; a worker that ended without
+    writing it (killed, crashed, cancelled) lost the site with the worker's code."""
+    states = {AGGREGATOR: workers[AGGREGATOR]}
+    for site, key in worker_of.items():
+        worker = workers[key]
+        code = read_exit_code(layout.participant(site).exit_file)
+        if code is None and worker.returncode is not None:
+            code = worker.returncode or 1
+        states[site] = ParticipantState(name=site, returncode=code, peak_rss=worker.peak_rss)
+    return states

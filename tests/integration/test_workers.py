@@ -16,8 +16,10 @@ from cofe_cli.demo.synthetic import make_demo_federation_data
 from federation_helpers import cofe, collaborator_args, free_port, processes_using
 from test_run import TASKS
 from test_site_loss import ROUND_TIMEOUT, _took_part, _wait_for_event
+import test_slurm
 
 pytestmark = pytest.mark.federation
+slurm_cluster = test_slurm.slurm_cluster  # the fixture, here too
 
 
 def _metrics(fed) -> list[dict]:
@@ -86,3 +88,25 @@ def test_a_revoked_site_is_refused_and_a_killed_worker_loses_all_its_sites(tmp_p
     summary = json.loads((fed / "results" / "summary.json").read_text())
     assert summary["lost"] == {"site_a": 0, "site_c": 0, "site_d": 0}  # the round each was lost in
     assert processes_using(fed) == []
+
+
+def test_slurm_runs_each_worker_as_one_job(tmp_path, fast_config, slurm_cluster):
+    """`--slurm --workers 2`: 3 sites in 2 jobs besides the aggregator's, each site with its own log and metrics."""
+    from test_slurm import _in_queue, _job_ids
+
+    sites = ["site_a", "site_b", "site_c"]
+    data = make_demo_federation_data(tmp_path / "data", sites, n_train=2, n_valid=1)
+    fed = tmp_path / "fed"
+    cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(data), "--rounds", 1,
+         "--port", free_port(), check=True, timeout=600)
+    result = cofe("run", "--dir", fed, "--slurm", "--workers", 2, "--cpus-per-site", 1, "--time", "00:20:00",
+                  "--timeout", 900, *(["--partition", slurm_cluster] if slurm_cluster else []), timeout=1000)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert _took_part(fed) == {0: sites}
+    jobs = _job_ids(fed)
+    assert set(jobs) == {"aggregator", "worker-1", "worker-2"}
+    assert "--sites site_a,site_c" in (fed / "slurm" / "worker-1.sbatch").read_text()
+    assert "[slurm] job" in (fed / "workers" / "worker-1.log").read_text()
+    for site in sites:
+        assert "Round: 0 Received Tasks" in (fed / "workspaces" / site / "logs" / f"{site}.log").read_text()
+    assert _in_queue(jobs.values()) == []

@@ -37,7 +37,6 @@ def fed(tmp_path):
     (["--workers", "-2"], "--workers must be at least 1, got -2"),
     (["--workers", "4"], "--workers 4 is more than the federation's 3 collaborator(s)"),
     (["--workers", "2", "--containers"], "--workers does not go with --containers"),
-    (["--workers", "2", "--slurm"], "--workers does not go with --slurm yet"),
 ])
 def test_run_refuses_bad_workers(fed, args, message):
     before = sorted(p.relative_to(fed) for p in fed.rglob("*"))
