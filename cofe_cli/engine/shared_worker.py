@@ -144,12 +144,14 @@ class _Site:
 
 
 def _build_task_runner(plan, name: str):
-    # Plan caches what it built; a fresh loader and runner each turn, and no reference left in the plan.
+    # Plan caches what it built, and keeps the data loader in its config too: a fresh loader and runner
+    # each turn, and no reference to either left in the plan, so that they go when the turn ends.
     plan.loader_ = plan.runner_ = None
     try:
         return plan.get_task_runner(plan.get_data_loader(name))
     finally:
         plan.loader_ = plan.runner_ = None
+        plan.config["task_runner"]["settings"].pop("data_loader", None)
 
 
 class _SiteLog(logging.Filter):
