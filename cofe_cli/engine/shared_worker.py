@@ -38,10 +38,12 @@ class RoundScopedTaskRunner:
     OpenFL's Collaborator only touches its task runner while it runs tasks, apart from being told the
     optimizer treatment once, which is kept here and given to every runner built.
 
-    torch's random stream (patch sampling, shuffling, weight initialisation) is the site's own too, as if
-    it ran alone in its own process: its first turn starts from the stream a fresh process starts with
-    (`fresh_seed`) and builds the model from it; later turns build the model again but go on with the
-    site's stream where its last turn left it, as a process that built its model once would."""
+    torch's random stream (patch sampling, shuffling, weight initialisation) is the site's own too, not
+    one the sites of a worker draw from in turn: its first turn starts from the stream a fresh process
+    starts with (`fresh_seed`) and builds the model from it; later turns build the model again but go on
+    with the site's stream where its last turn left it, as a process that built its model once would.
+    (numpy's and Python's global streams are seeded from the OS in a process of its own, so they are not
+    made the site's.)"""
 
     def __init__(self, build, fresh_seed: int):
         self._build = build
