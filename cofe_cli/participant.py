@@ -159,6 +159,12 @@ class Participant:
         return self.logs_dir / f"{self.name}.log"
 
     @property
+    def exit_file(self) -> Path:
+        """A collaborator's exit code, written by the shared worker that ran it (`cofe run --workers`):
+        its launcher sees the worker's process, not the site's."""
+        return self.logs_dir / "exit_code"
+
+    @property
     def events_file(self) -> Path:
         """Round events the aggregator writes (OpenFL's aggregator writes them; a collaborator has none)."""
         return self.workspace / EVENTS_FILE

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cofe_cli.commands import launch_options as options
 from cofe_cli.commands.reports import report_finished, report_initialised, report_prepared
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
@@ -15,6 +16,7 @@ from cofe_cli.fsutil import atomic_write_text, writing_into
 from cofe_cli.init_pipeline import InitRequest, initialise
 from cofe_cli.launch.factory import ContainerOptions, check_timeout
 from cofe_cli.launch.federation_run import prepare, run_federation
+from cofe_cli.launch.workers import check_workers
 from cofe_cli.plan.builder import check_rounds, dump_yaml
 from cofe_cli.plan.workspaces import collaborator_data_folder
 
@@ -37,6 +39,7 @@ def demo(
     timeout: float = typer.Option(None, "--timeout", help="Stop everything if not done after this many seconds."),
     containers: bool = typer.Option(False, "--containers", help="Every participant in a container of cofe's image (see `cofe image build`)."),
     image: str = typer.Option(None, "--image", help="With --containers: the image (default: cofe:VERSION)."),
+    workers: int = options.WORKERS,
 ) -> None:
     """Generate a small synthetic brain-lesion dataset at several 'hospitals' and federate on it."""
     from cofe_cli.demo.synthetic import demo_gandlf_config, make_demo_federation_data
@@ -47,6 +50,7 @@ def demo(
     check_rounds(rounds)
     if image is not None and not containers:
         raise CofeError("--image goes with --containers", hint="add --containers, or leave --image out")
+    check_workers(workers, sites, containers=containers)
     check_demo_folder(layout, force=force)
     names = [DEMO_SITES[i] if i < len(DEMO_SITES) else f"hospital_{i + 1}" for i in range(sites)]
     with writing_into(root):  # a demo that fails before its federation runs leaves no folder of its own behind
@@ -64,7 +68,7 @@ def demo(
         prepared = prepare(layout, request)
         report_prepared(layout, prepared)
     report_finished(run_federation(layout, prepared.manifest, console=console, restart=True, timeout=timeout,
-                                   containers=ContainerOptions(image=image) if containers else None))
+                                   containers=ContainerOptions(image=image) if containers else None, workers=workers))
 
 
 # What a demo folder holds: anything else there is someone's, and the demo does not write over it.

@@ -17,4 +17,6 @@ MEM_PER_SITE = typer.Option(None, "--mem-per-site", help="With --slurm: memory o
 CPUS_PER_SITE = typer.Option(1, "--cpus-per-site", help="With --slurm: CPUs of each collaborator's job (also its OMP_NUM_THREADS).")
 GPUS_PER_SITE = typer.Option(None, "--gpus-per-site", help="With --slurm: GPUs of each collaborator's job (it then trains on cuda).")
 SBATCH_ARG = typer.Option(None, "--sbatch-arg", help="With --slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high (repeatable).")
+WORKERS = typer.Option(None, "--workers", help="Run the collaborators in this many shared processes (one site's task at a "
+                       "time in each; every site keeps its own certificate, TLS channel, data and log) instead of one process each.")
 TIMEOUT = typer.Option(None, "--timeout", help="Stop everything if not done after this many seconds.")

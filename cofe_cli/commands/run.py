@@ -14,6 +14,7 @@ from cofe_cli.federation import FederationLayout
 from cofe_cli.init_pipeline import DEFAULT_PORT, InitRequest
 from cofe_cli.launch.factory import check_restarts, check_timeout, container_options_of, slurm_options_of
 from cofe_cli.launch.federation_run import prepare, run_federation
+from cofe_cli.launch.workers import check_workers
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import ALGORITHMS
 
@@ -42,6 +43,7 @@ def run(
     min_collaborators: int = typer.Option(None, "--min-collaborators", help="As for `cofe init`."),
     round_timeout: str = typer.Option(None, "--round-timeout", help="As for `cofe init`."),
     restarts: int = typer.Option(0, "--restarts", help="Restart a collaborator that dies at most this many times (it rejoins from the next round)."),
+    workers: int = options.WORKERS,
 ) -> None:
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     check_timeout(timeout)
@@ -59,10 +61,15 @@ def run(
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,
                                      gpus_per_site=gpus_per_site, sbatch_args=tuple(sbatch_arg or ()))
-    if request is None:
-        layout.load_manifest()  # no federation and nothing to make one from: say so before a lock makes --dir
+    if request is None or layout.is_initialised():
+        # No federation and nothing to make one from: say so before a lock makes --dir.
+        sites = len(layout.load_manifest().collaborators)
+    else:
+        sites = len(request.collaborators)
+    check_workers(workers, sites, containers=containers)
     with federation_locked(layout):  # from before init and certify, which it may do first
         prepared = prepare(layout, request)
         report_prepared(layout, prepared)
         report_finished(run_federation(layout, prepared.manifest, console=console, restart=restart, timeout=timeout,
-                                       containers=container_options, slurm=slurm_options, restarts=restarts))
+                                       containers=container_options, slurm=slurm_options, restarts=restarts,
+                                       workers=workers))

@@ -218,16 +218,24 @@ def write_evaluated_model(workspace: Path, source: Path, output: Path) -> None:
         os.replace(partial, output)
 
 
+def require_data_path(plan, name: str) -> None:
+    if name not in plan.cols_data_paths:
+        raise CofeError(f"no data path for {name} in {DATA}", hint=f"start it with `cofe start collaborator {name} --data PATH`")
+
+
+def use_device(plan, device: str | None) -> None:
+    if device:
+        # A site's own hardware, not the federation's: applied after parsing, which has already fixed
+        # the federation's identity from the plan's hash, so plan.yaml stays as every party has it.
+        plan.config["task_runner"]["settings"]["device"] = device
+        logger.info("training on %s (this site's --device)", device)
+
+
 def run_collaborator(workspace: Path, name: str, device: str | None = None) -> None:
     with _in_directory(workspace):
         plan = _parse_plan()
-        if name not in plan.cols_data_paths:
-            raise CofeError(f"no data path for {name} in {DATA}", hint=f"start it with `cofe start collaborator {name} --data PATH`")
-        if device:
-            # A site's own hardware, not the federation's: applied after parsing, which has already fixed
-            # the federation's identity from the plan's hash, so plan.yaml stays as every party has it.
-            plan.config["task_runner"]["settings"]["device"] = device
-            logger.info("training on %s (this site's --device)", device)
+        require_data_path(plan, name)
+        use_device(plan, device)
         from cofe_cli.engine.openfl_client import RefusalAwareClient
 
         plan.client_ = RefusalAwareClient(**plan.get_client_args(name))  # get_collaborator() builds no other

@@ -178,7 +178,8 @@ def write_config(tmp: Path) -> str:
 # torch (a valid GaNDLF config; files that are not a kit or a request, which those commands refuse).
 REQUIRED = {"gandlf_config": write_config, "collaborator": text("hospital_a"), "name": text("hospital_a"),
             "kit": regular_file, "request_file": regular_file, "signed_file": regular_file,
-            "data_csv": regular_file, "csv": regular_file, "out": lambda tmp: str(tmp / "inputs" / "new-folder")}
+            "data_csv": regular_file, "csv": regular_file, "out": lambda tmp: str(tmp / "inputs" / "new-folder"),
+            "sites": text("hospital_a")}  # `cofe start worker --sites` (what `cofe run --workers` starts)
 # Options that are each optional but of which one must be given: the first is given unless another is under test.
 ONE_OF = {("init",): ("collaborator", "sites_from")}
 
