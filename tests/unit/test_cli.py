@@ -366,7 +366,9 @@ def test_demo_writes_only_into_a_new_or_empty_folder(tmp_path: Path, make, messa
     (["--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
     (["--rounds", "1000000000"], "--rounds must be between 1 and 10000"),
     (["--image", "cofe:old"], "--image goes with --containers"),
-], ids=["timeout-0", "timeout-nan", "rounds-absurd", "image-without-containers"])
+    (["--sites", "101"], "--sites must be between 1 and 100, got 101"),
+    (["--sites", "0"], "--sites must be between 1 and 100, got 0"),
+], ids=["timeout-0", "timeout-nan", "rounds-absurd", "image-without-containers", "sites-beyond-a-fets-study", "no-sites"])
 def test_demo_checks_its_options_before_generating_data(tmp_path: Path, args: list[str], message: str) -> None:
     assert_refused(cofe("demo", "--dir", str(tmp_path / "demo"), *args, cwd=tmp_path), message)
     assert not (tmp_path / "demo").exists()
