@@ -21,10 +21,11 @@ precision, medcam attention maps, `save_output` (writes masks) and inference mod
 Settings (read by the task runner, engine/openfl_task_runner.py):
 - `validation_batch`: patches per forward pass. Plan: `task_runner.settings.validation_batch`
   (an integer >= 1, `auto`, the default, or `gandlf`: GaNDLF's own validate_network, patch by patch,
-  to compare against; parsed by plan/builder.parse_validation_batch, set by `cofe init
-  --validation-batch`); the environment variable `COFE_VALIDATION_BATCH` overrides the plan. `auto` sizes the batch from the patch size, the model's base filters and the
-  memory available (see `automatic_batch_size`), at most 32 and never more than a volume's patches.
-  A batch that runs out of memory is halved and retried.
+  to compare against; set by `cofe init --validation-batch`, parsed by
+  plan/builder.parse_validation_batch); the environment variable `COFE_VALIDATION_BATCH` overrides
+  the plan. `auto` sizes the batch from the patch size, the model's base filters and the memory
+  available (see `automatic_batch_size`), at most 32 and never more than a volume's patches. A batch
+  that runs out of memory is halved and retried.
 - `validation_cache_mb`: memory bound of the validation cache, in MiB (default 1024; 0 turns it off).
   Plan: `task_runner.settings.validation_cache_mb`; environment: `COFE_VALIDATION_CACHE_MB`.
   GaNDLF's validation loader is a torchio SubjectsDataset: every round it deep-copies each subject,
