@@ -179,8 +179,8 @@ class Manifest:
             "plan_sha384": self.plan_sha384,
             "init_model_sha384": self.init_model_sha384,
             "versions": dict(self.versions),
-            "local_validation": self.local_validation,
             **site_loss,
+            **({} if self.local_validation else {"local_validation": False}),
         }
 
     @classmethod

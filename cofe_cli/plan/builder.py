@@ -185,8 +185,10 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
     # What a collaborator runs each round; Manifest.tasks says the same from the manifest.
     tasks = [task for task in TASKS if options.local_validation or task != LOCAL_VALIDATION_TASK]
     task_runner_settings = {"device": options.device, "instance_norm_statistics": options.instance_norm_statistics,
-                            "validation_batch": parse_validation_batch(options.validation_batch),
                             "gandlf_config": gandlf_config}
+    validation_batch = parse_validation_batch(options.validation_batch)
+    if validation_batch != AUTO_BATCH:  # auto is the task runner's default: the plan (and its hash) stays as it was
+        task_runner_settings["validation_batch"] = validation_batch
     if mu:
         task_runner_settings["proximal_mu"] = float(mu)
     return {
