@@ -23,7 +23,8 @@ from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
-from cofe_cli.plan.builder import PlanOptions, build_plan, check_plan_options, dump_yaml, site_loss_policy
+from cofe_cli.plan.builder import AUTO_BATCH, PlanOptions, build_plan, check_plan_options, dump_yaml, site_loss_policy, \
+    validation_options
 from cofe_cli.plan.data import TRAIN_CSV, check_data_folder, data_facts, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
@@ -43,6 +44,8 @@ class InitRequest:
     device: str = "cpu"
     epochs_per_round: int = 1
     validation_norm: str = "input"
+    validation_batch: str = AUTO_BATCH
+    local_validation: str = "on"
     valid_fraction: float = 0.2
     force: bool = False
     name: str | None = None
@@ -102,12 +105,14 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
     with gandlf_config_guard(request.gandlf_config):
         gandlf_config, changes = normalise_gandlf_config_with_notes(
             raw_config, gandlf_version=gandlf_version, data=data_facts([data for _, data in collaborators]))
+    validation_batch, local_validation = validation_options(request.validation_batch, request.local_validation)
     min_collaborators, round_timeout = site_loss_policy(request.min_collaborators, request.round_timeout, len(collaborators))
     options = PlanOptions(
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, proximal_mu=request.proximal_mu, device=request.device,
         epochs_per_round=request.epochs_per_round, instance_norm_statistics=request.validation_norm,
         min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
+        validation_batch=validation_batch, local_validation=local_validation,
     )
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:
@@ -123,6 +128,7 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, plan_sha384=plan_hash(plan_yaml),
         min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
+        local_validation=options.local_validation,
         versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
     )
 

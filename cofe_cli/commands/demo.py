@@ -17,7 +17,7 @@ from cofe_cli.init_pipeline import InitRequest, initialise
 from cofe_cli.launch.factory import ContainerOptions, check_timeout
 from cofe_cli.launch.federation_run import prepare, run_federation
 from cofe_cli.launch.workers import check_workers
-from cofe_cli.plan.builder import check_rounds, dump_yaml
+from cofe_cli.plan.builder import check_rounds, dump_yaml, validation_options
 from cofe_cli.plan.workspaces import collaborator_data_folder
 
 DEMO_SITES = ("hospital_a", "hospital_b", "hospital_c")
@@ -39,6 +39,8 @@ def demo(
     rounds: int = typer.Option(3, "--rounds", "-r", min=1, help="Federated rounds."),
     force: bool = typer.Option(False, "--force", help="Start over if the demo folder already holds a federation."),
     timeout: float = typer.Option(None, "--timeout", help="Stop everything if not done after this many seconds."),
+    validation_batch: str = options.VALIDATION_BATCH,
+    local_validation: str = options.LOCAL_VALIDATION,
     containers: bool = typer.Option(False, "--containers", help="Every participant in a container of cofe's image (see `cofe image build`)."),
     image: str = typer.Option(None, "--image", help="With --containers: the image (default: cofe:VERSION)."),
     workers: int = options.WORKERS,
@@ -53,6 +55,7 @@ def demo(
     if not 1 <= sites <= MAX_DEMO_SITES:
         raise CofeError(f"--sites must be between 1 and {MAX_DEMO_SITES}, got {sites}",
                         hint="many sites share a few processes with --workers, e.g. --sites 33 --workers 2")
+    validation_options(validation_batch, local_validation)
     if image is not None and not containers:
         raise CofeError("--image goes with --containers", hint="add --containers, or leave --image out")
     check_workers(workers, sites, containers=containers)
@@ -67,6 +70,7 @@ def demo(
         # In containers the collaborators dial the aggregator's container by this name (also its certificate's).
         request = InitRequest(gandlf_config=config_path, collaborators=[f"{n}={folders[n]}" for n in names],
                               rounds=rounds, port=free_port(), force=force, name=DEMO_NAME,
+                              validation_batch=validation_batch, local_validation=local_validation,
                               aggregator_address=CONTAINER_AGGREGATOR if containers else "localhost")
         if force and layout.is_initialised():
             report_initialised(layout, initialise(layout, request), next_steps=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from cofe_cli.commands import launch_options as options
 from cofe_cli.commands.reports import report_initialised
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
@@ -34,6 +35,8 @@ def init(
     device: str = typer.Option("cpu", "--device", help="Training device in the plan: cpu, cuda or cuda:N."),
     epochs_per_round: int = typer.Option(1, "--epochs-per-round", help="Local epochs each round."),
     validation_norm: str = typer.Option("input", "--validation-norm", help="Instance-norm statistics when validating: input (each volume's own) or running (GaNDLF's averages; unreliable across sites)."),
+    validation_batch: str = options.VALIDATION_BATCH,
+    local_validation: str = options.LOCAL_VALIDATION,
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", help="Validation share when a site gives a single CSV."),
     force: bool = typer.Option(False, "--force", help="Replace an existing plan and workspaces (the CA is kept)."),
     min_collaborators: int = typer.Option(None, "--min-collaborators", help="Sites a round needs once --round-timeout passed (default: all); fewer left, and the federation stops."),
@@ -49,7 +52,8 @@ def init(
     initialised = initialise(layout, InitRequest(
         gandlf_config=gandlf_config, collaborators=collaborator or [], rounds=rounds, aggregator_address=aggregator_address,
         port=port, algorithm=algorithm, proximal_mu=proximal_mu, device=device, epochs_per_round=epochs_per_round,
-        validation_norm=validation_norm, valid_fraction=valid_fraction, force=force,
+        validation_norm=validation_norm, validation_batch=validation_batch, local_validation=local_validation,
+        valid_fraction=valid_fraction, force=force,
         min_collaborators=min_collaborators, round_timeout=round_timeout,
     ))
     report_initialised(layout, initialised)

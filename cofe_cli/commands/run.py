@@ -16,7 +16,7 @@ from cofe_cli.launch.factory import check_restarts, check_timeout, container_opt
 from cofe_cli.launch.federation_run import prepare, run_federation
 from cofe_cli.launch.workers import check_workers
 from cofe_cli.locks import federation_locked
-from cofe_cli.plan.builder import ALGORITHMS
+from cofe_cli.plan.builder import ALGORITHMS, validation_options
 
 
 def run(
@@ -29,6 +29,8 @@ def run(
     port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="As for `cofe init`."),
     algorithm: str = typer.Option("fedavg", "--algorithm", help=f"As for `cofe init`: {', '.join(ALGORITHMS)}."),
     aggregator_address: str = typer.Option(None, "--aggregator-address", help="As for `cofe init` (default: localhost, or aggregator with --containers)."),
+    validation_batch: str = options.VALIDATION_BATCH,
+    local_validation: str = options.LOCAL_VALIDATION,
     containers: bool = options.CONTAINERS,
     image: str = options.IMAGE,
     gpus: str = options.GPUS,
@@ -53,10 +55,12 @@ def run(
     if gandlf_config or collaborator:
         if not (gandlf_config and collaborator):
             raise CofeError("--gandlf-config and --collaborator go together", hint="give both, or neither to use an existing federation")
+        validation_options(validation_batch, local_validation)  # before the lock makes --dir
         address = aggregator_address or ("aggregator" if containers else "localhost")
         request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port,
                               algorithm=algorithm, aggregator_address=address,
-                              min_collaborators=min_collaborators, round_timeout=round_timeout)
+                              min_collaborators=min_collaborators, round_timeout=round_timeout,
+                              validation_batch=validation_batch, local_validation=local_validation)
     container_options = container_options_of(containers, image=image, gpus=gpus)
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,

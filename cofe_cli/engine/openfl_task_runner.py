@@ -9,6 +9,7 @@ from openfl.federated.task.runner_gandlf import GaNDLFTaskRunner as _OpenFLGaNDL
 from openfl.utilities import TensorKey
 
 from cofe_cli.engine import batched_validation
+from cofe_cli.plan.builder import AUTO_BATCH, GANDLF_VALIDATION, parse_validation_batch
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
         super().__init__(**kwargs)
         self.proximal_mu = float(proximal_mu)
         self.instance_norm_statistics = instance_norm_statistics
-        self.validation_batch = batched_validation.parse_validation_batch(
-            batched_validation.setting(validation_batch, batched_validation.BATCH_ENV))
+        batch = parse_validation_batch(batched_validation.setting(validation_batch, batched_validation.BATCH_ENV),
+                                       source=f"validation_batch (plan, or {batched_validation.BATCH_ENV})")
+        self.validation_batch = None if batch == AUTO_BATCH else batch  # None: batched_validation sizes it
         cache_mb = float(batched_validation.setting(validation_cache_mb, batched_validation.CACHE_ENV))
         self.validation_subjects = batched_validation.ValidationCache(
             self.data_loader.val_dataloader, int(cache_mb * 2**20)) if self.data_loader.val_dataloader else None
@@ -50,7 +52,8 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
                 hook.remove()
 
     def validate(self, col_name, round_num, input_tensor_dict, use_tqdm=False, **kwargs):
-        fallback = batched_validation.fallback_reason(self.params)
+        fallback = ("validation_batch: gandlf" if self.validation_batch == GANDLF_VALIDATION
+                    else batched_validation.fallback_reason(self.params))
         if fallback is not None:
             # GaNDLF's own validation, patch by patch, for what the batched path does not reproduce.
             logger.info("Validating with GaNDLF's validate_network: %s", fallback)
