@@ -65,9 +65,12 @@ def participant_label(proc) -> str:
     args = proc.cmdline()
     if "start" in args and len(args) > args.index("start") + 2:
         role = args[args.index("start") + 1]
-        return role if role == "aggregator" else args[args.index("start") + 2]
+        if role in ("aggregator", "collaborator"):
+            return role if role == "aggregator" else args[args.index("start") + 2]
     if "run" in args and "cofe_cli" in args:
         return "cofe run"
+    if any("export_native_models_here" in arg for arg in args):
+        return "aggregator's model export"
     return " ".join(args[args.index("cofe_cli") + 1:] if "cofe_cli" in args else args[1:])
 
 
