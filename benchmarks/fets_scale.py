@@ -7,7 +7,9 @@ S sites and 1 round, run by `cofe run` on this machine, measured in this one run
   round's end) next to the busiest worker's summed task time (from the aggregator's event log: the
   union of the spans from a site getting its tasks to its last result, over the sites of one worker;
   without --workers every site is its own worker) and their ratio;
-- the aggregated model's validation Dice of the last round (results/metrics.csv).
+- the validation Dice of the last round (results/metrics.csv): of the aggregated model the round started
+  from (with 1 round, the initial model) and of the sites' models after training (locally tuned).
+  --side-by-side runs one federation twice (the second time with --restart): same initial model, same data.
 
     python benchmarks/fets_scale.py [--sites 6] [--workers W]
     python benchmarks/fets_scale.py --sites 6,12,24,33,71 --workers 2    # and the slope of peak PSS per site
@@ -74,8 +76,8 @@ def participant_label(proc) -> str:
     return " ".join(args[args.index("cofe_cli") + 1:] if "cofe_cli" in args else args[1:])
 
 
-def run_federation(fed: Path, workers: int | None) -> dict:
-    command = [sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--timeout", "7200"]
+def run_federation(fed: Path, workers: int | None, restart: bool = False) -> dict:
+    command = [sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--timeout", "7200"] + (["--restart"] if restart else [])
     if workers:
         command += ["--workers", str(workers)]
     started = time.perf_counter()
@@ -94,7 +96,8 @@ def run_federation(fed: Path, workers: int | None) -> dict:
     busiest, rounds_wall = busiest_worker_seconds(events, memory.processes.values()), rounds_seconds(events)
     return {"sites": len(layout.load_manifest().collaborators), "workers": workers, "wall": wall,
             "peak_pss": memory.peak_pss, "processes": sorted(memory.processes.values(), key=lambda p: -p.pss),
-            "dice": last_round_dice(layout.results / "metrics.csv"), "busiest": busiest, "rounds_wall": rounds_wall}
+            "dice": last_round_dice(layout.results / "metrics.csv"),
+            "tuned_dice": last_round_dice(layout.results / "metrics.csv", "locally_tuned_model_validation"), "busiest": busiest, "rounds_wall": rounds_wall}
 
 
 def site_spans(events: list[dict]) -> dict[str, list[tuple[float, float]]]:
@@ -142,32 +145,38 @@ def rounds_seconds(events: list[dict]) -> float:
     return end - ready if ready is not None and end is not None else float("nan")
 
 
-def last_round_dice(metrics_csv: Path) -> float | None:
+def last_round_dice(metrics_csv: Path, task: str = "aggregated_model_validation") -> float | None:
+    """The sites' weighted mean Dice of the last round: of the model the round started from (aggregated), or
+    of each site's model after its training (locally tuned; with 1 round, the only trained one)."""
     dice = {}
     with metrics_csv.open() as handle:
         for row in csv.DictReader(handle):
-            if row["collaborator"] == "aggregator" and row["task"] == "aggregated_model_validation" and "dice" in row["metric"]:
+            if row["collaborator"] == "aggregator" and row["task"] == task and "dice" in row["metric"]:
                 dice[int(row["round"])] = float(row["value"])
     return dice[max(dice)] if dice else None
 
 
-def one(work: Path, sites: int, workers: int | None, keep: bool) -> dict:
-    folder = work / f"sites{sites}-workers{workers or 0}"
+def one(work: Path, sites: int, workers_runs: list[int | None], keep: bool) -> list[dict]:
+    """The federation of `sites` sites run once per entry of workers_runs, the later runs with --restart:
+    the same initial model and data each time."""
+    folder = work / f"sites{sites}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    result = run_federation(make_federation(folder, sites), workers)
+    fed, results = make_federation(folder, sites), []
+    for attempt, workers in enumerate(workers_runs):
+        results.append(run_federation(fed, workers, restart=attempt > 0))
+        print_result(results[-1])
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
-    print_result(result)
-    return result
+    return results
 
 
 def print_result(r: dict) -> None:
     mode = f"--workers {r['workers']}" if r["workers"] else "one process per site"
-    dice = "-" if r["dice"] is None else f"{r['dice']:.3f}"
+    dice = " / ".join("-" if d is None else f"{d:.3f}" for d in (r["dice"], r["tuned_dice"]))
     ratio = r["rounds_wall"] / r["busiest"] if r["busiest"] else float("nan")
     print(f"{r['sites']} sites, 1 round, {mode}: peak summed PSS {r['peak_pss'] / GIB:.2f} GiB, wall {r['wall']:.0f} s, "
-          f"aggregated validation Dice {dice}; round {r['rounds_wall']:.0f} s, busiest worker's tasks "
+          f"validation Dice aggregated / locally tuned {dice}; round {r['rounds_wall']:.0f} s, busiest worker's tasks "
           f"{r['busiest']:.0f} s, ratio {ratio:.2f}")
     for proc in r["processes"]:
         print(f"    {proc.label[:40]:<40} peak PSS {proc.pss / GIB:5.2f}  USS {proc.uss / GIB:5.2f}  RSS {proc.rss / GIB:5.2f} GiB")
@@ -190,13 +199,16 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="cofe-fets-scale-"))
     try:
         if args.side_by_side:
-            alone, shared = one(work, 6, None, bool(args.keep)), one(work, 6, 2, bool(args.keep))
+            alone, shared = one(work, 6, [None, 2], bool(args.keep))
             print(f"side by side, 6 sites: peak PSS {alone['peak_pss'] / GIB:.2f} vs {shared['peak_pss'] / GIB:.2f} GiB, "
-                  f"wall {alone['wall']:.0f} vs {shared['wall']:.0f} s, Dice {alone['dice']} vs {shared['dice']} "
-                  f"(difference {abs((alone['dice'] or 0) - (shared['dice'] or 0)):.3f}, must be <= 0.02)")
+                  f"wall {alone['wall']:.0f} vs {shared['wall']:.0f} s")
+            for key, what in (("dice", "aggregated"), ("tuned_dice", "locally tuned")):
+                a, b = alone[key], shared[key]
+                difference = f"{abs(a - b):.3f}" if a is not None and b is not None else "-"
+                print(f"    {what} validation Dice {a} vs {b} (difference {difference}, must be <= 0.02)")
             return
         counts = [int(s) for s in args.sites.split(",") if s.strip()]
-        results = [one(work, sites, args.workers, bool(args.keep)) for sites in counts]
+        results = [one(work, sites, [args.workers], bool(args.keep))[0] for sites in counts]
         if len(results) > 1:
             points = [(r["sites"], r["peak_pss"] / GIB) for r in results]
             print("peak summed PSS by sites: " + ", ".join(f"{s}: {p:.2f} GiB" for s, p in points))
