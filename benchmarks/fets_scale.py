@@ -80,7 +80,7 @@ def run_federation(fed: Path, workers: int | None, restart: bool = False) -> dic
     command = [sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--timeout", "7200"] + (["--restart"] if restart else [])
     if workers:
         command += ["--workers", str(workers)]
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     log = fed / "cofe-run.log"
     with log.open("wb") as out:
         run = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -92,7 +92,7 @@ def run_federation(fed: Path, workers: int | None, restart: bool = False) -> dic
     if returncode != 0:
         sys.exit(f"`cofe run` failed ({returncode}):\n{log.read_text()[-3000:]}")
     layout = FederationLayout(fed)
-    events = list(read_events(layout.aggregator().events_file))
+    events = [e for e in read_events(layout.aggregator().events_file) if e.get("time", 0) >= started_wall]  # this run's
     busiest, rounds_wall = busiest_worker_seconds(events, memory.processes.values()), rounds_seconds(events)
     return {"sites": len(layout.load_manifest().collaborators), "workers": workers, "wall": wall,
             "peak_pss": memory.peak_pss, "processes": sorted(memory.processes.values(), key=lambda p: -p.pss),
