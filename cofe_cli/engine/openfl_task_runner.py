@@ -35,6 +35,7 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
             self.data_loader.val_dataloader, int(cache_mb * 2**20)) if self.data_loader.val_dataloader else None
 
     def train(self, col_name, round_num, input_tensor_dict, use_tqdm=False, epochs=1, **kwargs):
+        seed_task(col_name, round_num)
         if not self.proximal_mu:
             return super().train(col_name, round_num, input_tensor_dict, use_tqdm, epochs, **kwargs)
         # GaNDLF owns the training loop, so the proximal term mu/2*||w - w_global||^2 enters as
@@ -75,6 +76,21 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
         super().rebuild_model(round_num, input_tensor_dict, validation)
         if validation:
             use_instance_norm_statistics(self.model, self.instance_norm_statistics)
+
+
+def seed_task(col_name: str, round_num: int) -> None:
+    """A site's round draws the same random numbers (patch sampling, shuffling, augmentation) whether the
+    site runs in a process of its own or in a shared worker (`--workers`), and in every rerun: seeded from
+    the site's name and the round, not from the OS, so two runs of one federation can be compared."""
+    import random
+    import zlib
+
+    import torch
+
+    seed = zlib.crc32(f"{col_name}/{round_num}".encode())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def use_instance_norm_statistics(model, statistics: str) -> None:

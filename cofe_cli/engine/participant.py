@@ -106,8 +106,11 @@ def write_initial_model(workspace: Path, output: Path) -> None:
     from openfl.utilities.dataloading import initialize_minimal_dataloader
     from openfl.utilities.split import split_tensor_dict_for_holdouts
 
+    import torch
+
     with _in_directory(workspace):
         plan = _parse_plan(with_data=False)
+        torch.manual_seed(0)  # one initial model for one plan: reruns and `--workers` start from the same weights
         task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
         tensor_dict, _ = split_tensor_dict_for_holdouts(task_runner.get_tensor_dict(False),
                                                         **task_runner.tensor_dict_split_fn_kwargs)
