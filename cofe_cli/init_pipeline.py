@@ -19,7 +19,7 @@ from urllib.error import URLError
 
 from cofe_cli import __version__
 from cofe_cli.console import console
-from cofe_cli.errors import CofeError
+from cofe_cli.errors import CofeError, is_write_failure
 from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
@@ -150,6 +150,8 @@ def gandlf_config_guard(config_path: Path, *, building_model: bool = False) -> I
     except CofeError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure here is this config's, told in one line
+        if is_write_failure(error):
+            raise  # the disk's (full, read-only, no permission), not the config's: writing_into names --dir
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
         if building_model and isinstance(error, URLError | ConnectionError | TimeoutError):
             raise CofeError(
