@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli_assertions import call_refused
 from volumes import write_volume
 
-from cofe_cli.errors import CofeError
 from cofe_cli.plan.data import check_data_folder
 from cofe_cli.plan.data_split import (LESION, NO_LESION, Site, SplitMode, check_out_folder, check_split_options,
                                       label_balance, read_study, site_name, split_study, write_sites)
@@ -74,13 +74,6 @@ def assert_no_leakage(sites: list[Site], all_subjects: set[str]) -> None:
 def subjects_of(csv_path: Path) -> set[str]:
     with open(csv_path, newline="") as handle:
         return {row["SubjectID"] for row in csv.DictReader(handle)}
-
-
-def refused(call, *args, **kwargs) -> CofeError:
-    with pytest.raises(CofeError) as error:
-        call(*args, **kwargs)
-    assert error.value.hint, "every refusal says what to do"
-    return error.value
 
 
 # ---------------------------------------------------------------- the four modes
@@ -211,12 +204,12 @@ def test_partition_values_become_collaborator_names(value: str, name: str) -> No
     (SplitMode(by=" "), 0.2, 0, "--by names no column"),
 ])
 def test_bad_options_are_refused_before_any_file_is_read(mode: SplitMode, valid_fraction: float, seed: int, message: str) -> None:
-    assert message in refused(check_split_options, mode, valid_fraction=valid_fraction, seed=seed).message
+    assert message in call_refused(check_split_options, mode, valid_fraction=valid_fraction, seed=seed).message
 
 
 def test_a_missing_by_column_is_refused(tmp_path: Path) -> None:
     study = segmentation_study(tmp_path, 6)
-    assert "has no column 'Institution'" in refused(split, study, SplitMode(by="Institution")).message
+    assert "has no column 'Institution'" in call_refused(split, study, SplitMode(by="Institution")).message
 
 
 def test_a_subject_whose_rows_name_two_partitions_is_refused(tmp_path: Path) -> None:
@@ -224,7 +217,7 @@ def test_a_subject_whose_rows_name_two_partitions_is_refused(tmp_path: Path) -> 
     lines = study.read_text().splitlines()
     lines[1] = lines[1][:-1] + "9"  # s00's first row in partition 9, its second in partition 1
     study.write_text("\n".join(lines) + "\n")
-    assert "subject s00 is in 2 partitions (1, 9)" in refused(split, study, SplitMode(by="Partition_ID")).message
+    assert "subject s00 is in 2 partitions (1, 9)" in call_refused(split, study, SplitMode(by="Partition_ID")).message
 
 
 def test_partition_csv_with_unknown_or_missing_subjects_or_columns_is_refused(tmp_path: Path) -> None:
@@ -235,37 +228,37 @@ def test_partition_csv_with_unknown_or_missing_subjects_or_columns_is_refused(tm
     missing = write_csv(tmp_path / "missing.csv", header, everyone[:-1])
     twice = write_csv(tmp_path / "twice.csv", header, everyone + [["1", "s05"]])
     wrong_header = write_csv(tmp_path / "header.csv", ["Partition", "Subject_ID"], everyone)
-    assert "lists 1 subject(s) that all.csv does not: ghost" in refused(split, study, SplitMode(partition_csv=unknown)).message
-    assert "gives no partition to 1 subject(s) of all.csv: s05" in refused(split, study, SplitMode(partition_csv=missing)).message
-    assert "subject s05 is in partitions 2 and 1" in refused(split, study, SplitMode(partition_csv=twice)).message
-    assert "lacks column(s) Partition_ID" in refused(split, study, SplitMode(partition_csv=wrong_header)).message
+    assert "lists 1 subject(s) that all.csv does not: ghost" in call_refused(split, study, SplitMode(partition_csv=unknown)).message
+    assert "gives no partition to 1 subject(s) of all.csv: s05" in call_refused(split, study, SplitMode(partition_csv=missing)).message
+    assert "subject s05 is in partitions 2 and 1" in call_refused(split, study, SplitMode(partition_csv=twice)).message
+    assert "lacks column(s) Partition_ID" in call_refused(split, study, SplitMode(partition_csv=wrong_header)).message
 
 
 def test_fewer_subjects_than_sites_need_is_refused(tmp_path: Path) -> None:
     study = segmentation_study(tmp_path, 5)
-    error = refused(split, study, SplitMode(sites=3))
+    error = call_refused(split, study, SplitMode(sites=3))
     assert "has 5 subject(s), too few for 3 sites" in error.message
     assert "--sites 2" in error.hint
-    assert "too few for 6 sites" in refused(split, study, SplitMode(sites=6, dirichlet=1.0)).message
+    assert "too few for 6 sites" in call_refused(split, study, SplitMode(sites=6, dirichlet=1.0)).message
 
 
 def test_a_partition_of_one_subject_is_refused_as_it_could_not_validate(tmp_path: Path) -> None:
     study = segmentation_study(tmp_path, 7, partitions=1)
     partition = write_csv(tmp_path / "p.csv", ["Partition_ID", "Subject_ID"],
                           [["1" if n < 6 else "2", f"s{n:02d}"] for n in range(7)])
-    assert "1 site(s) would have fewer than 2 subjects" in refused(split, study, SplitMode(partition_csv=partition)).message
+    assert "1 site(s) would have fewer than 2 subjects" in call_refused(split, study, SplitMode(partition_csv=partition)).message
 
 
 def test_partition_values_that_map_to_one_name_are_refused(tmp_path: Path) -> None:
     study = segmentation_study(tmp_path, 4, partitions=1)
     partition = write_csv(tmp_path / "p.csv", ["Partition_ID", "Subject_ID"],
                           [["Site A" if n < 2 else "site_a", f"s{n:02d}"] for n in range(4)])
-    assert "would both be site 'site_a'" in refused(split, study, SplitMode(partition_csv=partition)).message
+    assert "would both be site 'site_a'" in call_refused(split, study, SplitMode(partition_csv=partition)).message
 
 
 def test_an_impossible_dirichlet_draw_is_refused(tmp_path: Path) -> None:
     study = classification_study(tmp_path, ["0"] * 3 + ["1"] * 3)
-    error = refused(split, study, SplitMode(sites=3, dirichlet=0.001))
+    error = call_refused(split, study, SplitMode(sites=3, dirichlet=0.001))
     assert "gave each of the 3 sites 2 subjects" in error.message
 
 
@@ -274,8 +267,8 @@ def test_out_folder_that_is_not_empty_or_holds_the_data_is_refused(tmp_path: Pat
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine\n")
-    assert "--out" in refused(check_out_folder, busy, study, force=False).message
+    assert "--out" in call_refused(check_out_folder, busy, study, force=False).message
     check_out_folder(busy, study, force=True)
-    assert "holds the study's CSV or images" in refused(check_out_folder, tmp_path, study, force=True).message
-    assert "holds the study's CSV or images" in refused(check_out_folder, tmp_path / "study" / "images", study,
+    assert "holds the study's CSV or images" in call_refused(check_out_folder, tmp_path, study, force=True).message
+    assert "holds the study's CSV or images" in call_refused(check_out_folder, tmp_path / "study" / "images", study,
                                                         force=True).message
