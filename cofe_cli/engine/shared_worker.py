@@ -38,39 +38,25 @@ class RoundScopedTaskRunner:
     OpenFL's Collaborator only touches its task runner while it runs tasks, apart from being told the
     optimizer treatment once, which is kept here and given to every runner built.
 
-    torch's random stream (patch sampling, shuffling, weight initialisation) is the site's own too, not
-    one the sites of a worker draw from in turn: its first turn starts from the stream a fresh process
-    starts with (`fresh_seed`) and builds the model from it; later turns build the model again but go on
-    with the site's stream where its last turn left it, as a process that built its model once would.
-    (numpy's and Python's global streams are seeded from the OS in a process of its own, so they are not
-    made the site's.)"""
+    The random numbers a site's round draws do not depend on the other sites of its worker: the task
+    runner seeds each task from the site's name and the round (openfl_task_runner.seed_task), and the
+    weights a fresh model is built with are replaced by the round's model before any task uses them."""
 
-    def __init__(self, build, fresh_seed: int):
+    def __init__(self, build):
         self._build = build
-        self._fresh_seed = fresh_seed
         self._runner = None
         self._opt_treatment = None
-        self._random_state = None
 
     def set_optimizer_treatment(self, treatment) -> None:
         self._opt_treatment = treatment
 
     def __enter__(self):
-        import torch
-
-        if self._random_state is None:
-            torch.manual_seed(self._fresh_seed)
         self._runner = self._build()
-        if self._random_state is not None:
-            torch.set_rng_state(self._random_state)
         if self._opt_treatment is not None:
             self._runner.set_optimizer_treatment(self._opt_treatment)
         return self._runner
 
     def __exit__(self, *exc) -> None:
-        import torch
-
-        self._random_state = torch.get_rng_state()
         self._runner = None
         _release_memory()
 
@@ -111,11 +97,10 @@ def _site_directory(participant: Participant):
 class _Site:
     """One collaborator of the worker, set up in its own thread during a turn."""
 
-    def __init__(self, participant: Participant, turn: threading.Lock, device: str | None, fresh_seed: int):
+    def __init__(self, participant: Participant, turn: threading.Lock, device: str | None):
         self.participant = participant
         self.turn = turn
         self.device = device
-        self.fresh_seed = fresh_seed
         self.collaborator = None
         self.runner: RoundScopedTaskRunner | None = None
 
@@ -136,7 +121,7 @@ class _Site:
             client = RefusalAwareClient(**plan.get_client_args(name, root_certificate=str(participant.chain),
                                                                private_key=str(participant.key),
                                                                certificate=str(participant.cert)))
-            self.runner = RoundScopedTaskRunner(lambda: _build_task_runner(plan, name), self.fresh_seed)
+            self.runner = RoundScopedTaskRunner(lambda: _build_task_runner(plan, name))
             self.collaborator = plan.get_collaborator(name, task_runner=self.runner, client=client)
 
     def run(self) -> None:
@@ -210,10 +195,9 @@ def _setup_logging(participants: list[Participant]) -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
-def _run_site(participant: Participant, turn: threading.Lock, device: str | None, fresh_seed: int,
-              codes: dict[str, int]) -> None:
+def _run_site(participant: Participant, turn: threading.Lock, device: str | None, codes: dict[str, int]) -> None:
     """A site's whole life in the worker; its exit code goes to its exit file, as a process's would to its launcher."""
-    site = _Site(participant, turn, device, fresh_seed)
+    site = _Site(participant, turn, device)
     try:
         site.open()
         site.run()
@@ -236,13 +220,10 @@ def _run_site(participant: Participant, turn: threading.Lock, device: str | None
 def run_sites(participants: list[Participant], device: str | None = None) -> int:
     """Run every site to its end in this process (training on `device` instead of the plan's, when given);
     0 when all finished, else the first failure's code."""
-    import torch
-
     _setup_logging(participants)
-    fresh_seed = torch.initial_seed()  # nothing has drawn from torch's stream yet: what every site starts from
     turn = threading.Lock()
     codes: dict[str, int] = {}
-    threads = [threading.Thread(target=_run_site, args=(p, turn, device, fresh_seed, codes), name=p.name, daemon=True) for p in participants]
+    threads = [threading.Thread(target=_run_site, args=(p, turn, device, codes), name=p.name, daemon=True) for p in participants]
     for thread in threads:
         thread.start()
     for thread in threads:
