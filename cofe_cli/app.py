@@ -11,6 +11,7 @@ from cofe_cli import __version__
 from cofe_cli.commands import certify, demo, image, init, run, start
 from cofe_cli.commands import kit
 from cofe_cli.commands import doctor
+from cofe_cli.commands import data
 from cofe_cli.commands import status
 from cofe_cli.commands import evaluate, export_model, infer
 from cofe_cli.console import err_console, print_error
@@ -53,6 +54,7 @@ kit.export_app.command("model")(export_model.export_model)
 app.add_typer(kit.export_app, name="export")
 app.command("import")(kit.import_kit)
 app.command("doctor")(doctor.doctor)
+app.add_typer(data.app, name="data")
 app.command("status")(status.status)
 app.command("stop")(status.stop)
 

@@ -52,6 +52,11 @@ def os_failure(error: OSError) -> CofeError:
     return CofeError(f"{error.filename}: {reason}", hint=hint)
 
 
+def is_write_failure(error: BaseException) -> bool:
+    """An OSError of the folder being written (full, read-only, no permission, ...), which write_failure words."""
+    return isinstance(error, OSError) and error.errno in _WRITE_FAILURES
+
+
 def write_failure(error: OSError, folder: Path, option: str = "--dir") -> CofeError:
     """What an OSError while writing into `folder` (the user's `option`) means, as one line and a hint."""
     reason, hint = _WRITE_FAILURES.get(error.errno, (error.strerror or str(error), "check the folder and its file system"))

@@ -18,6 +18,7 @@ import yaml
 
 from cofe_cli.errors import CofeError
 from cofe_cli.participant import AGGREGATOR, PLAN_FILE, Participant, is_aggregator
+from cofe_cli.plan.builder import LOCAL_VALIDATION_TASK, TASKS
 # OpenFL lowercases collaborator names in cols.yaml and certificates, and then fails to find
 # `site_A`; accepting only lowercase names keeps the name a user types the one OpenFL uses.
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -146,6 +147,19 @@ class Manifest:
     # The plan's site-loss policy (`cofe init --min-collaborators/--round-timeout`); None: wait for every site.
     min_collaborators: int | None = None
     round_timeout_seconds: float | None = None
+    # Whether each round also validates the locally tuned model (`cofe init --local-validation`); the
+    # progress view and the summary say which validations ran. True in a manifest of an older cofe.
+    local_validation: bool = True
+
+    @property
+    def validations(self) -> str:
+        """Which validations each round runs, as the progress view and the summary say it."""
+        return "aggregated + locally tuned" if self.local_validation else "aggregated model only"
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks a collaborator runs each round, in OpenFL's order."""
+        return tuple(task for task in TASKS if self.local_validation or task != LOCAL_VALIDATION_TASK)
 
     @property
     def required_collaborators(self) -> int:
@@ -166,6 +180,7 @@ class Manifest:
             "init_model_sha384": self.init_model_sha384,
             "versions": dict(self.versions),
             **site_loss,
+            **({} if self.local_validation else {"local_validation": False}),
         }
 
     @classmethod
@@ -182,6 +197,7 @@ class Manifest:
             init_model_sha384=data.get("init_model_sha384"),
             min_collaborators=(data.get("site_loss") or {}).get("min_collaborators"),
             round_timeout_seconds=(data.get("site_loss") or {}).get("round_timeout_seconds"),
+            local_validation=bool(data.get("local_validation", True)),
         )
 
     def fingerprint(self) -> str:

@@ -10,25 +10,30 @@ here but the wait for GaNDLF and OpenFL: the commands say what came of it (`Init
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
+from urllib.error import URLError
 
 from cofe_cli import __version__
 from cofe_cli.console import console
-from cofe_cli.errors import CofeError
+from cofe_cli.errors import CofeError, is_write_failure
 from cofe_cli.federation import FederationLayout, Manifest, file_sha384, parse_site_arguments, plan_hash
 from cofe_cli.fsutil import staging_folder, swap_in, writing_into
 from cofe_cli.locks import federation_locked
 from cofe_cli.plan.builder import (
+    AUTO_BATCH,
     SECURE_AGGREGATION_REFUSAL,
     PlanOptions,
     build_plan,
     check_plan_options,
     dump_yaml,
     site_loss_policy,
+    validation_options,
 )
-from cofe_cli.plan.data import check_data_folder, expectations_of, split_csv
+from cofe_cli.plan.data import TRAIN_CSV, check_data_folder, data_facts, expectations_of, split_csv
 from cofe_cli.plan.gandlf_config import load_gandlf_yaml, normalise_gandlf_config_with_notes
 from cofe_cli.plan.workspaces import INIT_MODEL, CollaboratorData, build_federation, write_manifest
 
@@ -47,6 +52,8 @@ class InitRequest:
     device: str = "cpu"
     epochs_per_round: int = 1
     validation_norm: str = "input"
+    validation_batch: str = AUTO_BATCH
+    local_validation: str = "on"
     valid_fraction: float = 0.2
     force: bool = False
     name: str | None = None
@@ -68,8 +75,27 @@ class Initialised:
 
 def parse_collaborator_args(values: list[str]) -> list[tuple[str, Path | None]]:
     if not values:
-        raise CofeError("no collaborators given", hint="add --collaborator NAME=DATA for every site (at least one)")
+        raise CofeError("no collaborators given",
+                        hint="add --collaborator NAME=DATA for every site (at least one), or --sites-from DIR")
     return parse_site_arguments(values)
+
+
+def collaborators_from_folder(folder: Path) -> list[str]:
+    """`--sites-from DIR`: NAME=DIR/NAME for every sub-folder, in name order (hidden ones skipped), as
+    `--collaborator` takes them; each must hold GaNDLF's CSVs (checked in full with the others' data)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CofeError(f"--sites-from {folder} is not a folder",
+                        hint="give the folder `cofe data split --out` wrote: one sub-folder per site")
+    sites = sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    if not sites:
+        raise CofeError(f"--sites-from {folder} has no sub-folders",
+                        hint="it needs one sub-folder per site with train.csv and valid.csv, e.g. from `cofe data split`")
+    without = [site.name for site in sites if not (site / TRAIN_CSV).is_file()]
+    if without:
+        raise CofeError(f"--sites-from {folder}: sub-folder(s) without {TRAIN_CSV}: {', '.join(without)}",
+                        hint="every sub-folder is one site's data folder with train.csv and valid.csv: remove the others")
+    return [f"{site.name}={site}" for site in sites]
 
 
 def _installed(package: str) -> str:
@@ -86,15 +112,19 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
     if request.secure_aggregation:
         raise CofeError(SECURE_AGGREGATION_REFUSAL, hint="leave out --secure-aggregation; see README, Differential privacy")
     gandlf_version = _installed("gandlf")
-    gandlf_config, changes = normalise_gandlf_config_with_notes(load_gandlf_yaml(Path(request.gandlf_config)),
-                                                                gandlf_version=gandlf_version)
+    raw_config = load_gandlf_yaml(Path(request.gandlf_config))
     collaborators = parse_collaborator_args(request.collaborators)
+    with gandlf_config_guard(request.gandlf_config):
+        gandlf_config, changes = normalise_gandlf_config_with_notes(
+            raw_config, gandlf_version=gandlf_version, data=data_facts([data for _, data in collaborators]))
+    validation_batch, local_validation = validation_options(request.validation_batch, request.local_validation)
     min_collaborators, round_timeout = site_loss_policy(request.min_collaborators, request.round_timeout, len(collaborators))
     options = PlanOptions(
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, proximal_mu=request.proximal_mu, device=request.device,
         epochs_per_round=request.epochs_per_round, instance_norm_statistics=request.validation_norm,
         min_collaborators=min_collaborators, round_timeout_seconds=round_timeout, max_epsilon=request.max_epsilon,
+        validation_batch=validation_batch, local_validation=local_validation,
     )
     check_plan_options(options)
     if not 0 < request.valid_fraction < 1:
@@ -103,12 +133,14 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
     notes = [note for name, data in collaborators if data is not None and not data.is_file()
              for note in check_data_folder(data, **expected).notes]
 
-    plan_yaml = dump_yaml(build_plan(gandlf_config, options))
+    with gandlf_config_guard(request.gandlf_config):
+        plan_yaml = dump_yaml(build_plan(gandlf_config, options))
     manifest = Manifest(
         name=request.name or layout.root.name, collaborators=tuple(name for name, _ in collaborators),
         rounds=request.rounds, aggregator_address=request.aggregator_address, aggregator_port=request.port,
         algorithm=request.algorithm, plan_sha384=plan_hash(plan_yaml),
         min_collaborators=min_collaborators, round_timeout_seconds=round_timeout,
+        local_validation=options.local_validation,
         versions={"cofe": __version__, "openfl": _installed("openfl"), "gandlf": gandlf_version, "torch": _installed("torch")},
     )
 
@@ -119,6 +151,29 @@ def initialise(layout: FederationLayout, request: InitRequest) -> Initialised:
         manifest, split_notes = _build_and_swap_in(layout, request, gandlf_config, plan_yaml, manifest, collaborators,
                                                    expected)
     return Initialised(manifest, gandlf_version, notes + split_notes, changes)
+
+
+@contextmanager
+def gandlf_config_guard(config_path: Path, *, building_model: bool = False) -> Iterator[None]:
+    """Whatever GaNDLF (or cofe's reading of the config) raises while the config becomes a plan and a model
+    is one error line naming the config, never a traceback; the known cases are refused before, by name."""
+    try:
+        yield
+    except CofeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure here is this config's, told in one line
+        if is_write_failure(error):
+            raise  # the disk's (full, read-only, no permission), not the config's: writing_into names --dir
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        if building_model and isinstance(error, URLError | ConnectionError | TimeoutError):
+            raise CofeError(
+                f"GaNDLF could not download what the model in {config_path} starts from ({reason})",
+                hint="give this machine network access, or start from random weights "
+                     "(e.g. `pretrained: false` under `model:` for imagenet_unet)") from None
+        stage = "build the model of" if building_model else "turn into a plan"
+        raise CofeError(f"GaNDLF could not {stage} the config {config_path}: {reason}",
+                        hint="fix that setting in the GaNDLF config; GaNDLF's samples/config_all_options.yaml "
+                             "documents every option") from None
 
 
 def _build_and_swap_in(layout: FederationLayout, request: InitRequest, gandlf_config: dict, plan_yaml: str,
@@ -142,7 +197,7 @@ def _build_and_swap_in(layout: FederationLayout, request: InitRequest, gandlf_co
             from cofe_cli.engine.gandlf_validation import validate_with_gandlf
             from cofe_cli.engine.participant import check_plan, quiet, write_initial_model
 
-            with quiet():
+            with quiet(), gandlf_config_guard(request.gandlf_config, building_model=True):
                 validate_with_gandlf(gandlf_config)
                 check_plan(stage.aggregator().workspace)
                 write_initial_model(stage.aggregator().workspace, stage.plans / INIT_MODEL)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cofe_cli.commands import launch_options as options
 from cofe_cli.commands.reports import report_finished, report_initialised, report_prepared
 from cofe_cli.console import console
 from cofe_cli.errors import CofeError
@@ -15,11 +16,14 @@ from cofe_cli.fsutil import atomic_write_text, writing_into
 from cofe_cli.init_pipeline import InitRequest, initialise
 from cofe_cli.launch.factory import ContainerOptions, check_timeout
 from cofe_cli.launch.federation_run import prepare, run_federation
-from cofe_cli.plan.builder import check_rounds, dump_yaml
+from cofe_cli.launch.workers import check_workers
+from cofe_cli.plan.builder import check_rounds, dump_yaml, validation_options
 from cofe_cli.plan.workspaces import collaborator_data_folder
 
 DEMO_SITES = ("hospital_a", "hospital_b", "hospital_c")
 DEMO_NAME = "cofe-demo"
+# FeTS trained across 71 hospitals; a simulation of that size (with --workers) fits this bound.
+MAX_DEMO_SITES = 100
 CONTAINER_AGGREGATOR = "cofe-aggregator"
 
 
@@ -31,12 +35,15 @@ def free_port() -> int:
 
 def demo(
     dir: Path = typer.Option(Path("cofe-demo"), "--dir", "-d", help="Where the demo's data, federation and results go."),
-    sites: int = typer.Option(3, "--sites", "-s", min=1, max=len(DEMO_SITES) * 4, help="Number of simulated hospitals."),
+    sites: int = typer.Option(3, "--sites", "-s", help="Number of simulated hospitals (many: add --workers)."),
     rounds: int = typer.Option(3, "--rounds", "-r", min=1, help="Federated rounds."),
     force: bool = typer.Option(False, "--force", help="Start over if the demo folder already holds a federation."),
     timeout: float = typer.Option(None, "--timeout", help="Stop everything if not done after this many seconds."),
+    validation_batch: str = options.VALIDATION_BATCH,
+    local_validation: str = options.LOCAL_VALIDATION,
     containers: bool = typer.Option(False, "--containers", help="Every participant in a container of cofe's image (see `cofe image build`)."),
     image: str = typer.Option(None, "--image", help="With --containers: the image (default: cofe:VERSION)."),
+    workers: int = options.WORKERS,
 ) -> None:
     """Generate a small synthetic brain-lesion dataset at several 'hospitals' and federate on it."""
     from cofe_cli.demo.synthetic import demo_gandlf_config, make_demo_federation_data
@@ -45,8 +52,13 @@ def demo(
     root = Path(dir).expanduser().resolve()
     layout = FederationLayout(root)
     check_rounds(rounds)
+    if not 1 <= sites <= MAX_DEMO_SITES:
+        raise CofeError(f"--sites must be between 1 and {MAX_DEMO_SITES}, got {sites}",
+                        hint="many sites share a few processes with --workers, e.g. --sites 33 --workers 2")
+    validation_options(validation_batch, local_validation)
     if image is not None and not containers:
         raise CofeError("--image goes with --containers", hint="add --containers, or leave --image out")
+    check_workers(workers, sites, containers=containers)
     check_demo_folder(layout, force=force)
     names = [DEMO_SITES[i] if i < len(DEMO_SITES) else f"hospital_{i + 1}" for i in range(sites)]
     with writing_into(root):  # a demo that fails before its federation runs leaves no folder of its own behind
@@ -58,13 +70,14 @@ def demo(
         # In containers the collaborators dial the aggregator's container by this name (also its certificate's).
         request = InitRequest(gandlf_config=config_path, collaborators=[f"{n}={folders[n]}" for n in names],
                               rounds=rounds, port=free_port(), force=force, name=DEMO_NAME,
+                              validation_batch=validation_batch, local_validation=local_validation,
                               aggregator_address=CONTAINER_AGGREGATOR if containers else "localhost")
         if force and layout.is_initialised():
             report_initialised(layout, initialise(layout, request), next_steps=False)
         prepared = prepare(layout, request)
         report_prepared(layout, prepared)
     report_finished(run_federation(layout, prepared.manifest, console=console, restart=True, timeout=timeout,
-                                   containers=ContainerOptions(image=image) if containers else None))
+                                   containers=ContainerOptions(image=image) if containers else None, workers=workers))
 
 
 # What a demo folder holds: anything else there is someone's, and the demo does not write over it.

@@ -1,6 +1,6 @@
 """The options that choose and tune a launcher, shared by every command that launches a federation
-(`cofe run`, `cofe evaluate`): defined once so that they read and behave the same everywhere.
-Not a command itself."""
+(`cofe run`, `cofe evaluate`), and the init options that `cofe run` and `cofe demo` share with
+`cofe init`: defined once so that they read and behave the same everywhere. Not a command itself."""
 
 from __future__ import annotations
 
@@ -17,4 +17,10 @@ MEM_PER_SITE = typer.Option(None, "--mem-per-site", help="With --slurm: memory o
 CPUS_PER_SITE = typer.Option(1, "--cpus-per-site", help="With --slurm: CPUs of each collaborator's job (also its OMP_NUM_THREADS).")
 GPUS_PER_SITE = typer.Option(None, "--gpus-per-site", help="With --slurm: GPUs of each collaborator's job (it then trains on cuda).")
 SBATCH_ARG = typer.Option(None, "--sbatch-arg", help="With --slurm: one more sbatch option, e.g. --sbatch-arg=--qos=high (repeatable).")
+WORKERS = typer.Option(None, "--workers", help="Run the collaborators in this many shared processes (one site's task at a "
+                       "time in each; every site keeps its own certificate, TLS channel, data and log) instead of one process each.")
 TIMEOUT = typer.Option(None, "--timeout", help="Stop everything if not done after this many seconds.")
+
+# Options of `cofe init` that `cofe run` and `cofe demo` also take (they initialise a federation when there is none).
+VALIDATION_BATCH = typer.Option("auto", "--validation-batch", help="Validation patches per forward pass: a number, auto (sized from the memory available) or gandlf (GaNDLF's own patch-by-patch validation).")
+LOCAL_VALIDATION = typer.Option("on", "--local-validation", help="on: every round also validates the locally tuned model (after training); off: only the aggregated model (a third less work per round).")

@@ -25,6 +25,8 @@ def report_initialised(layout: FederationLayout, initialised: Initialised, *, ne
     if manifest.min_collaborators is not None:
         console.print(f"A round closes with at least {manifest.min_collaborators} of {len(manifest.collaborators)} "
                       f"site(s) once {manifest.round_timeout_seconds:g} s passed; with fewer left, the federation stops.")
+    if not manifest.local_validation:
+        console.print(f"Validation each round: {manifest.validations} (--local-validation off).")
     if next_steps:
         console.print(f"Next: [bold]cofe certify --dir {layout.root}[/], then [bold]cofe run --dir {layout.root}[/]")
 

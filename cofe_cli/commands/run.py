@@ -14,8 +14,9 @@ from cofe_cli.federation import FederationLayout
 from cofe_cli.init_pipeline import DEFAULT_PORT, InitRequest
 from cofe_cli.launch.factory import check_restarts, check_timeout, container_options_of, slurm_options_of
 from cofe_cli.launch.federation_run import prepare, run_federation
+from cofe_cli.launch.workers import check_workers
 from cofe_cli.locks import federation_locked
-from cofe_cli.plan.builder import ALGORITHMS
+from cofe_cli.plan.builder import ALGORITHMS, validation_options
 
 
 def run(
@@ -28,6 +29,8 @@ def run(
     port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="As for `cofe init`."),
     algorithm: str = typer.Option("fedavg", "--algorithm", help=f"As for `cofe init`: {', '.join(ALGORITHMS)}."),
     aggregator_address: str = typer.Option(None, "--aggregator-address", help="As for `cofe init` (default: localhost, or aggregator with --containers)."),
+    validation_batch: str = options.VALIDATION_BATCH,
+    local_validation: str = options.LOCAL_VALIDATION,
     containers: bool = options.CONTAINERS,
     image: str = options.IMAGE,
     gpus: str = options.GPUS,
@@ -42,6 +45,7 @@ def run(
     min_collaborators: int = typer.Option(None, "--min-collaborators", help="As for `cofe init`."),
     round_timeout: str = typer.Option(None, "--round-timeout", help="As for `cofe init`."),
     restarts: int = typer.Option(0, "--restarts", help="Restart a collaborator that dies at most this many times (it rejoins from the next round)."),
+    workers: int = options.WORKERS,
 ) -> None:
     """Run the whole federation here: aggregator and collaborators as separate processes (or containers), live progress, a report."""
     check_timeout(timeout)
@@ -51,18 +55,25 @@ def run(
     if gandlf_config or collaborator:
         if not (gandlf_config and collaborator):
             raise CofeError("--gandlf-config and --collaborator go together", hint="give both, or neither to use an existing federation")
+        validation_options(validation_batch, local_validation)  # before the lock makes --dir
         address = aggregator_address or ("aggregator" if containers else "localhost")
         request = InitRequest(gandlf_config=gandlf_config, collaborators=collaborator, rounds=rounds, port=port,
                               algorithm=algorithm, aggregator_address=address,
-                              min_collaborators=min_collaborators, round_timeout=round_timeout)
+                              min_collaborators=min_collaborators, round_timeout=round_timeout,
+                              validation_batch=validation_batch, local_validation=local_validation)
     container_options = container_options_of(containers, image=image, gpus=gpus)
     slurm_options = slurm_options_of(slurm, containers, partition=partition, account=account, time=time_limit,
                                      mem_per_site=mem_per_site, cpus_per_site=cpus_per_site,
                                      gpus_per_site=gpus_per_site, sbatch_args=tuple(sbatch_arg or ()))
-    if request is None:
-        layout.load_manifest()  # no federation and nothing to make one from: say so before a lock makes --dir
+    if request is None or layout.is_initialised():
+        # No federation and nothing to make one from: say so before a lock makes --dir.
+        sites = len(layout.load_manifest().collaborators)
+    else:
+        sites = len(request.collaborators)
+    check_workers(workers, sites, containers=containers)
     with federation_locked(layout):  # from before init and certify, which it may do first
         prepared = prepare(layout, request)
         report_prepared(layout, prepared)
         report_finished(run_federation(layout, prepared.manifest, console=console, restart=restart, timeout=timeout,
-                                       containers=container_options, slurm=slurm_options, restarts=restarts))
+                                       containers=container_options, slurm=slurm_options, restarts=restarts,
+                                       workers=workers))

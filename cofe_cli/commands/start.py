@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -87,6 +88,40 @@ def collaborator(
         if container:
             _run_in_container(layout, manifest, name, image=image, gpus=gpus, device=device)
         _run_participant(layout.participant(name, manifest), lambda engine, ws: engine.run_collaborator(ws, name, device=device))
+
+
+@app.command("worker", hidden=True)
+def worker(
+    sites: str = typer.Option(..., "--sites", help="The collaborators to run in this process, comma-separated."),
+    dir: Path = _DIR,
+    device: str = typer.Option(None, "--device", help="Train on this device (cpu, cuda, cuda:1) instead of the plan's."),
+) -> None:
+    """Run several collaborators of the federation in this one process (what `cofe run --workers N` starts)."""
+    if device is not None:
+        check_device(device)
+    layout = FederationLayout(dir)
+    manifest = layout.load_manifest()
+    names = [name for name in sites.split(",") if name]
+    if not names:
+        raise CofeError("--sites names no collaborator", hint="e.g. --sites site_a,site_b")
+    for name in names:
+        manifest.require_collaborator(name)
+    for name in names:
+        require_certificates(layout, manifest, name)
+    warn_exposed_private_keys(layout, manifest)
+    with contextlib.ExitStack() as held:
+        for name in names:
+            held.enter_context(participant_locked(layout, name))
+            prepare_collaborator_data(layout, name, None)
+        from cofe_cli.engine.shared_worker import run_sites
+
+        sigterm_as_ctrl_c()  # a launcher's stop is a Ctrl-C
+        try:
+            code = run_sites([layout.participant(name, manifest) for name in names], device=device)
+        except KeyboardInterrupt:
+            print_error(f"{', '.join(names)} stopped before the federation finished")
+            code = 130
+    _exit(code)  # every site already said how it ended, in its own log
 
 
 def _image_needs_container(image: str | None, container: bool) -> None:

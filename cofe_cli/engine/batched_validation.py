@@ -20,10 +20,12 @@ precision, medcam attention maps, `save_output` (writes masks) and inference mod
 
 Settings (read by the task runner, engine/openfl_task_runner.py):
 - `validation_batch`: patches per forward pass. Plan: `task_runner.settings.validation_batch`
-  (an integer >= 1, or `auto`, the default); the environment variable `COFE_VALIDATION_BATCH`
-  overrides the plan. `auto` sizes the batch from the patch size, the model's base filters and the
-  memory available (see `automatic_batch_size`), at most 32 and never more than a volume's patches.
-  A batch that runs out of memory is halved and retried.
+  (an integer >= 1, `auto`, the default, or `gandlf`: GaNDLF's own validate_network, patch by patch,
+  to compare against; set by `cofe init --validation-batch`, parsed by
+  plan/builder.parse_validation_batch); the environment variable `COFE_VALIDATION_BATCH` overrides
+  the plan. `auto` sizes the batch from the patch size, the model's base filters and the memory
+  available (see `automatic_batch_size`), at most 32 and never more than a volume's patches. A batch
+  that runs out of memory is halved and retried.
 - `validation_cache_mb`: memory bound of the validation cache, in MiB (default 1024; 0 turns it off).
   Plan: `task_runner.settings.validation_cache_mb`; environment: `COFE_VALIDATION_CACHE_MB`.
   GaNDLF's validation loader is a torchio SubjectsDataset: every round it deep-copies each subject,
@@ -107,16 +109,6 @@ def metrics_side_effect(params: dict) -> str | None:
 def _binarised(prediction: torch.Tensor) -> torch.Tensor:
     """GaNDLF's `_convert_tensor_to_int_label_array` thresholding (NaN stays NaN), out of place."""
     return torch.where(prediction < 0.5, 0.0, torch.where(prediction >= 0.5, 1.0, prediction)).to(prediction.dtype)
-
-
-def parse_validation_batch(value) -> int | None:
-    """None for automatic sizing, else a positive integer; ValueError for anything else."""
-    if value is None or str(value).strip().lower() in ("", "auto"):
-        return None
-    number = int(str(value).strip())
-    if number < 1:
-        raise ValueError(f"validation_batch must be 1 or more, or auto, not {value!r}")
-    return number
 
 
 def setting(plan_value, env_name: str):

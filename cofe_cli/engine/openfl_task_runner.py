@@ -9,6 +9,7 @@ from openfl.federated.task.runner_gandlf import GaNDLFTaskRunner as _OpenFLGaNDL
 from openfl.utilities import TensorKey
 
 from cofe_cli.engine import batched_validation, privacy
+from cofe_cli.plan.builder import AUTO_BATCH, GANDLF_VALIDATION, parse_validation_batch
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +37,15 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
                 self.model, self.optimizer, self.scheduler, self.params)
             self.initialize_tensorkeys_for_functions(with_opt_vars=False)
         self.instance_norm_statistics = instance_norm_statistics
-        self.validation_batch = batched_validation.parse_validation_batch(
-            batched_validation.setting(validation_batch, batched_validation.BATCH_ENV))
+        batch = parse_validation_batch(batched_validation.setting(validation_batch, batched_validation.BATCH_ENV),
+                                       source=f"validation_batch (plan, or {batched_validation.BATCH_ENV})")
+        self.validation_batch = None if batch == AUTO_BATCH else batch  # None: batched_validation sizes it
         cache_mb = float(batched_validation.setting(validation_cache_mb, batched_validation.CACHE_ENV))
         self.validation_subjects = batched_validation.ValidationCache(
             self.data_loader.val_dataloader, int(cache_mb * 2**20)) if self.data_loader.val_dataloader else None
 
     def train(self, col_name, round_num, input_tensor_dict, use_tqdm=False, epochs=1, **kwargs):
+        seed_task(col_name, round_num)
         if self.dp:
             return self.train_privately(col_name, round_num, input_tensor_dict, epochs)
         if not self.proximal_mu:
@@ -84,7 +87,8 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
         return global_tensor_dict, local_tensor_dict
 
     def validate(self, col_name, round_num, input_tensor_dict, use_tqdm=False, **kwargs):
-        fallback = batched_validation.fallback_reason(self.params)
+        fallback = ("validation_batch: gandlf" if self.validation_batch == GANDLF_VALIDATION
+                    else batched_validation.fallback_reason(self.params))
         if fallback is not None:
             # GaNDLF's own validation, patch by patch, for what the batched path does not reproduce.
             logger.info("Validating with GaNDLF's validate_network: %s", fallback)
@@ -106,6 +110,21 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
         super().rebuild_model(round_num, input_tensor_dict, validation)
         if validation:
             use_instance_norm_statistics(self.model, self.instance_norm_statistics)
+
+
+def seed_task(col_name: str, round_num: int) -> None:
+    """A site's round draws the same random numbers (patch sampling, shuffling, augmentation) whether the
+    site runs in a process of its own or in a shared worker (`--workers`), and in every rerun: seeded from
+    the site's name and the round, not from the OS, so two runs of one federation can be compared."""
+    import random
+    import zlib
+
+    import torch
+
+    seed = zlib.crc32(f"{col_name}/{round_num}".encode())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def use_instance_norm_statistics(model, statistics: str) -> None:

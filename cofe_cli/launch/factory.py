@@ -68,20 +68,21 @@ def sigterm_as_ctrl_c() -> None:
 
 
 def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: ContainerOptions | None = None,
-                  slurm=None, restart: bool = False, say: Callable[[str], None]):
+                  slurm=None, restart: bool = False, workers: int | None = None, say: Callable[[str], None]):
     """A launcher for every participant of `manifest`, its checks done, with a line saying what it starts."""
     endpoint = f"gRPC with mutual TLS on {manifest.aggregator_address}:{manifest.aggregator_port}"
     count = len(manifest.collaborators)
     if slurm:
         from cofe_cli.launch.slurm import SlurmFederation
 
-        launcher = SlurmFederation(layout, manifest, options=slurm, restart=restart, say=say)
+        launcher = SlurmFederation(layout, manifest, options=slurm, restart=restart, say=say, workers=workers)
         launcher.check()
         for note in launcher.notes:
             say(note)
         # Jobs do not die with this process: a `kill` of the command must cancel them like a Ctrl-C.
         sigterm_as_ctrl_c()
-        say(f"Submitting the aggregator and {count} collaborator(s) as Slurm jobs ({endpoint}; "
+        shared = f", the collaborators in {workers} shared worker job(s)" if workers else ""
+        say(f"Submitting the aggregator and {count} collaborator(s) as Slurm jobs{shared} ({endpoint}; "
             f"scripts in {layout.root / 'slurm'})...")
         return launcher
     if containers:
@@ -103,5 +104,11 @@ def make_launcher(layout: FederationLayout, manifest: Manifest, *, containers: C
     # The participants would die with this process, but a `kill` (`cofe stop`) must end it like a Ctrl-C:
     # each participant's process group stopped, and the run's end reported.
     sigterm_as_ctrl_c()
+    if workers:
+        from cofe_cli.launch.workers import WorkerFederation
+
+        say(f"Starting the aggregator as its own process and {count} collaborator(s) in {workers} shared worker "
+            f"process(es), each site with its own certificate ({endpoint})...")
+        return WorkerFederation(layout, manifest, workers=workers, restart=restart)
     say(f"Starting the aggregator and {count} collaborator(s) as separate processes ({endpoint})...")
     return ProcessFederation(layout, manifest)

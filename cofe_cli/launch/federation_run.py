@@ -58,16 +58,17 @@ class FinishedRun:
 
 def run_federation(layout: FederationLayout, manifest: Manifest, *, console: Console, restart: bool = False,
                    timeout: float | None = None, containers: ContainerOptions | None = None, slurm=None,
-                   restarts: int = 0) -> FinishedRun:
+                   restarts: int = 0, workers: int | None = None) -> FinishedRun:
     """Launch every participant, follow the federation on `console` until it ends, and write its results."""
     # Held until the report is written; the participants' `cofe start` know that through launched_env().
     with federation_locked(layout):
         return _run_federation(layout, manifest, console=console, restart=restart, timeout=timeout,
-                               containers=containers, slurm=slurm, restarts=restarts)
+                               containers=containers, slurm=slurm, restarts=restarts, workers=workers)
 
 
 def _run_federation(layout: FederationLayout, manifest: Manifest, *, console: Console, restart: bool,
-                    timeout: float | None, containers: ContainerOptions | None, slurm, restarts: int) -> FinishedRun:
+                    timeout: float | None, containers: ContainerOptions | None, slurm, restarts: int,
+                    workers: int | None) -> FinishedRun:
     from cofe_cli.launch.report import write_results
     from cofe_cli.launch.supervisor import supervise
 
@@ -79,7 +80,8 @@ def _run_federation(layout: FederationLayout, manifest: Manifest, *, console: Co
         clear_aggregator_state(layout)
     for name in manifest.collaborators:
         prepare_collaborator_data(layout, name, None)
-    launcher = make_launcher(layout, manifest, containers=containers, slurm=slurm, restart=restart, say=console.print)
+    launcher = make_launcher(layout, manifest, containers=containers, slurm=slurm, restart=restart, workers=workers,
+                             say=console.print)
     started = time.monotonic()
     progress = supervise(launcher, layout, manifest, console=console, timeout=timeout, restarts=restarts)
     results = write_results(layout, progress)

@@ -61,16 +61,18 @@ class ProcessFederation:
 
     def _spawn(self, name: str) -> None:
         participant = self.layout.participant(name)
-        args = self.command(name)
-        log = participant.log_file
-        log.parent.mkdir(parents=True, exist_ok=True)
         # Every collaborator trains at the same time on this machine's cores.
-        threads = participant.thread_budget(sharing=len(self.manifest.collaborators))
-        env = {**os.environ, **launched_env(), **participant.launch_env(threads)}
+        self._spawn_process(name, self.command(name), participant.log_file,
+                            participant.launch_env(participant.thread_budget(sharing=len(self.manifest.collaborators))))
+
+    def _spawn_process(self, key: str, args: list[str], log: Path, launch_env: dict[str, str]) -> None:
+        """Start `args` as the process `key`, its output appended to `log`."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **launched_env(), **launch_env}
         with log.open("ab") as out:
             popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
-        self._processes[name] = _Process(name, log, popen)
+        self._processes[key] = _Process(key, log, popen)
 
     def states(self) -> dict[str, ParticipantState]:
         states = {}

@@ -167,15 +167,18 @@ class FederationProgress:
         elapsed = time.time() - self.started
         shown_round = min(self.round + 1, self.rounds)
         title = f"Round {shown_round} of {self.rounds}" if not self.finished else f"{self.rounds} rounds done"
-        table = Table(title=f"{self.manifest.name}: {title}  ({elapsed:.0f} s)", title_justify="left", expand=False)
-        for column in ("participant", "status", "global model", "train loss", "local model", "peak memory"):
+        table = Table(title=f"{self.manifest.name}: {title}  ({elapsed:.0f} s)", title_justify="left", expand=False,
+                      caption=f"validation: {self.manifest.validations}", caption_justify="left")
+        local = self.manifest.local_validation
+        columns = ("participant", "status", "global model", "train loss", *(("local model",) if local else ()), "peak memory")
+        for column in columns:
             table.add_column(column, justify="right" if column not in ("participant", "status") else "left")
         for name, site in self.sites.items():
             global_metrics = self.latest(name, "aggregated_model_validation")
-            local_metrics = self.latest(name, "locally_tuned_model_validation")
+            local_metrics = (_fmt(self.latest(name, "locally_tuned_model_validation")),) if local else ()
             train = self.latest(name, "train")
             table.add_row(name, self._status(name, site), _fmt(global_metrics), train_cell(train),
-                          _fmt(local_metrics), f"{site.peak_rss / 2**30:.2f} GiB" if site.peak_rss else "-")
+                          *local_metrics, f"{site.peak_rss / 2**30:.2f} GiB" if site.peak_rss else "-")
         return Group(table, Text(""))
 
 

@@ -65,6 +65,7 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
                           for r in progress.round_ended if r in progress.round_started},
         "peak_rss_bytes": {name: site.peak_rss for name, site in progress.sites.items()},
         "took_part": {r: sites for r, sites in sorted(progress.took_part.items())},
+        "validation": progress.manifest.validations,
         "lost": {name: site.lost_in_round for name, site in progress.sites.items() if site.lost_in_round is not None},
     }
     spent = {name: progress.latest(name, "train") for name in progress.manifest.collaborators}
@@ -82,10 +83,11 @@ def _round(value):
 
 def summary_table(progress: FederationProgress) -> Table:
     """One row per round and participant: the headline metric of each task, as a person compares them."""
-    table = Table(title="Federation summary", title_justify="left")
+    table = Table(title="Federation summary", title_justify="left",
+                  caption=f"validation: {progress.manifest.validations}", caption_justify="left")
     table.add_column("round", justify="right")
     table.add_column("participant")
-    tasks = ["aggregated_model_validation", "train", "locally_tuned_model_validation"]
+    tasks = progress.manifest.tasks
     for task in tasks:
         table.add_column(SHORT_TASK[task], justify="right")
     rounds = sorted({r.round for r in progress.records})

@@ -103,15 +103,37 @@ def job_name(layout: FederationLayout, participant: str) -> str:
 def render_script(layout: FederationLayout, participant: str, options: SlurmOptions, *, python: str | None = None,
                   restart: bool = False, nodelist: str | None = None) -> str:
     """The batch script of one participant's job (kept in FED/slurm/ so a user can read or resubmit it)."""
-    python = python or sys.executable
     this = layout.participant(participant)
     # Each job trains alone on the CPUs it asks for: the aggregator one, collaborators what the user asked for.
     cpus = this.thread_budget(cpus=options.cpus_per_site)
+    gpus = None if this.is_aggregator else options.gpus_per_site
+    command = this.start_command(python=python or sys.executable, restart=restart, device="cuda" if gpus else None)
+    return _batch_script(layout, participant, options, about=participant, output=this.log_file, chdir=this.workspace,
+                         cpus=cpus, gpus=gpus, env=this.launch_env(cpus), command=command, nodelist=nodelist)
+
+
+def render_worker_script(layout: FederationLayout, key: str, sites: tuple[str, ...], options: SlurmOptions, *,
+                         python: str | None = None, nodelist: str | None = None) -> str:
+    """The batch script of a shared worker's job (`--workers`): several collaborators in one job, which asks
+    for what --cpus-per-site, --mem-per-site and --gpus-per-site say (one site trains at a time in it)."""
+    from cofe_cli.launch.workers import worker_command, worker_log
+
+    first = layout.participant(sites[0])
+    cpus = first.thread_budget(cpus=options.cpus_per_site)
+    gpus = options.gpus_per_site
+    command = worker_command(layout, sites, python=python or sys.executable, device="cuda" if gpus else None)
+    return _batch_script(layout, key, options, about=f"{key} ({', '.join(sites)})", output=worker_log(layout, key),
+                         chdir=layout.root, cpus=cpus, gpus=gpus, env=first.launch_env(cpus), command=command,
+                         nodelist=nodelist)
+
+
+def _batch_script(layout: FederationLayout, job: str, options: SlurmOptions, *, about: str, output: Path, chdir: Path,
+                  cpus: int, gpus: int | None, env: dict[str, str], command: list[str], nodelist: str | None) -> str:
     directives = [
-        f"--job-name={job_name(layout, participant)}",
-        f"--output={this.log_file}",
+        f"--job-name={job_name(layout, job)}",
+        f"--output={output}",
         "--open-mode=append",
-        f"--chdir={this.workspace}",
+        f"--chdir={chdir}",
         "--nodes=1",
         "--ntasks=1",
         f"--cpus-per-task={cpus}",
@@ -125,20 +147,18 @@ def render_script(layout: FederationLayout, participant: str, options: SlurmOpti
         directives.append(f"--time={options.time}")
     if options.mem_per_site:
         directives.append(f"--mem={options.mem_per_site}")
-    gpus = None if this.is_aggregator else options.gpus_per_site
     if gpus:
         directives.append(f"--gpus={gpus}")
     if nodelist:
         directives.append(f"--nodelist={nodelist}")
     directives += list(options.sbatch_args)
-    command = this.start_command(python=python, restart=restart, device="cuda" if gpus else None)
     lines = ["#!/bin/bash",
-             f"# {participant} of the federation in {layout.root}, written by `cofe run --slurm`.",
+             f"# {about} of the federation in {layout.root}, written by `cofe run --slurm`.",
              *[f"#SBATCH {d}" for d in directives],
              "",
              # `cofe run` holds the federation's locks on the login node for as long as the jobs run.
-             *[f"export {key}={value}" for key, value in {**launched_env(), **this.launch_env(cpus)}.items()],
-             f"echo \"[slurm] job $SLURM_JOB_ID of {participant} on $(hostname) (node $SLURMD_NODENAME)\"",
+             *[f"export {key}={value}" for key, value in {**launched_env(), **env}.items()],
+             f"echo \"[slurm] job $SLURM_JOB_ID of {about} on $(hostname) (node $SLURMD_NODENAME)\"",
              "exec " + shlex.join(command),
              ""]
     return "\n".join(lines)
@@ -353,9 +373,19 @@ class SlurmFederation:
     python: str = field(default_factory=lambda: sys.executable)
     notes: list[str] = field(default_factory=list)  # what cofe decided, for the console
     say: object = None  # a callable printing one line (the console's print), or None
+    workers: int | None = None  # --workers: the collaborators in this many jobs, several sites in each
 
     def __post_init__(self):
-        self._jobs = {name: _Job(name) for name in self.participants()}
+        from cofe_cli.launch.workers import assign_sites
+
+        self._jobs = {AGGREGATOR: _Job(AGGREGATOR)}
+        self._worker_sites: dict[str, tuple[str, ...]] = {}  # a shared worker's job -> its sites
+        self._worker_of: dict[str, str] = {}  # a site -> its shared worker's job
+        if self.workers:
+            for index, sites in enumerate(assign_sites(list(self.manifest.collaborators), self.workers), 1):
+                self._add_worker(f"worker-{index}", sites)
+        else:
+            self._jobs.update((name, _Job(name)) for name in self.manifest.collaborators)
         self._last_query = 0.0
         self._unanswered_since: float | None = None
         self._stopping = threading.Event()
@@ -364,6 +394,15 @@ class SlurmFederation:
 
     def participants(self) -> list[str]:
         return list(self.manifest.participant_names())
+
+    def _add_worker(self, key: str, sites: tuple[str, ...]) -> None:
+        self._jobs[key] = _Job(key)
+        self._worker_sites[key] = sites
+        self._worker_of.update(dict.fromkeys(sites, key))
+
+    def _collaborator_jobs(self) -> list[str]:
+        """Each collaborator's job, or each shared worker's (--workers)."""
+        return [name for name in self._jobs if name != AGGREGATOR]
 
     def check(self) -> None:
         """Before anything is submitted: Slurm answers, the partition exists, the cluster can run each job,
@@ -385,12 +424,23 @@ class SlurmFederation:
             self.notes.append(f"[yellow]warning:[/] {address} (the certificate's address) is not a node of this cluster: "
                               "collaborators dial it, so it must lead to the aggregator's node")
         # The aggregator where its address leads; every collaborator asks for the same as the first.
-        for name, nodelist in ((AGGREGATOR, self._pin), *((name, None) for name in self.manifest.collaborators[:1])):
+        for name, nodelist in ((AGGREGATOR, self._pin), *((name, None) for name in self._collaborator_jobs()[:1])):
             submit(self._write_script(name, nodelist=nodelist), test_only=True)
 
     def _write_script(self, name: str, nodelist: str | None = None) -> Path:
         path = script_path(self.layout, name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        sites = self._worker_sites.get(name)
+        if sites:
+            from cofe_cli.launch.workers import worker_log
+
+            worker_log(self.layout, name).parent.mkdir(exist_ok=True)
+            for site in sites:
+                self.layout.participant(site).logs_dir.mkdir(parents=True, exist_ok=True)
+                self.layout.participant(site).exit_file.unlink(missing_ok=True)  # an earlier run's
+            path.write_text(render_worker_script(self.layout, name, sites, self.options, python=self.python,
+                                                 nodelist=nodelist))
+            return path
         path.write_text(render_script(self.layout, name, self.options, python=self.python, restart=self.restart,
                                       nodelist=nodelist))
         self.layout.participant(name).logs_dir.mkdir(parents=True, exist_ok=True)
@@ -413,11 +463,8 @@ class SlurmFederation:
                 if aggregator and not aggregator.active:
                     return  # it ended before it ran: the supervisor reports that
                 if aggregator and aggregator.state == "RUNNING" and aggregator.node:
-                    nodes = None
-                    if placement(self.manifest.aggregator_address, self._hosts)[1] == "loopback" \
-                            and len(set(self._hosts.values())) > 1:
-                        nodes = aggregator.node
-                    for name in self.manifest.collaborators:
+                    nodes = self._collaborator_nodes(aggregator)
+                    for name in self._collaborator_jobs():
                         if self._stopping.is_set():
                             return
                         self._submit(name, nodelist=nodes)
@@ -425,15 +472,30 @@ class SlurmFederation:
         except BaseException as exc:  # a refused submission: states() raises it in the supervisor
             self._submit_error = exc
 
+    def _collaborator_nodes(self, aggregator: JobInfo) -> str | None:
+        """Where collaborators' jobs must run: the aggregator's node when only it reaches a loopback address."""
+        if placement(self.manifest.aggregator_address, self._hosts)[1] == "loopback" and len(set(self._hosts.values())) > 1:
+            return aggregator.node
+        return None
+
     def _submit(self, name: str, nodelist: str | None = None) -> None:
         job = self._jobs[name]
         job.job_id = submit(self._write_script(name, nodelist=nodelist))
         write_jobs(self.layout, {n: j.job_id for n, j in self._jobs.items() if j.job_id})
-        self._say(f"{name}: Slurm job {job.job_id}" + (f" (on {nodelist})" if nodelist else ""))
+        sites = self._worker_sites.get(name)
+        self._say(f"{name}: Slurm job {job.job_id}" + (f" ({', '.join(sites)})" if sites else "")
+                  + (f" (on {nodelist})" if nodelist else ""))
 
     def restart_participant(self, name: str) -> None:
         """A collaborator whose job ended goes back to unsubmitted: states() submits it again (as at the
-        start, once the aggregator runs), to the same node rules."""
+        start, once the aggregator runs), to the same node rules. A site of a shared worker is submitted
+        now in a worker job of its own: the other sites of the worker it left may still be running."""
+        if name in self._worker_of:
+            key = f"worker-{name}-{len(self._jobs)}"
+            self._add_worker(key, (name,))
+            aggregator = self._jobs[AGGREGATOR].info
+            self._submit(key, nodelist=self._collaborator_nodes(aggregator) if aggregator and aggregator.node else None)
+            return
         job = self._jobs[name]
         job.job_id, job.info = None, None
 
@@ -471,11 +533,15 @@ class SlurmFederation:
         for name, job in self._jobs.items():
             code = returncode_of(job.info) if job.info else None  # None too while not yet submitted
             states[name] = ParticipantState(name=name, returncode=code, peak_rss=0)  # no accounting: unknown
+        if self.workers:
+            from cofe_cli.launch.workers import site_states
+
+            return site_states(self.layout, self._worker_of, states)
         return states
 
     def log_tail(self, name: str, lines: int = 20, since: int = 0) -> list[str]:
         tail = tail_lines(self.log_path(name), lines, since)
-        job = self._jobs[name]
+        job = self._jobs[self._worker_of.get(name, name)]
         if job.info and not job.info.active and job.info.state != "COMPLETED":
             tail.append(f"[slurm] job {job.job_id} of {name}: {job.info.state}"
                         + (f" ({job.info.reason})" if job.info.reason and job.info.reason != "None" else "")

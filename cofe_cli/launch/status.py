@@ -90,15 +90,18 @@ def launches_participants(holder: Holder) -> bool:
     return len(argv) > 1 and argv[1] in LAUNCHING_COMMANDS
 
 
-def participant_of(cmdline: list[str]) -> str | None:
-    """The participant a `cofe start` command line runs: `... start aggregator ...`, `... start collaborator NAME ...`."""
+def participants_of(cmdline: list[str]) -> list[str]:
+    """The participants a `cofe start` command line runs: `... start aggregator ...`, `... start collaborator NAME ...`,
+    or the sites of a shared worker (`... start worker --sites A,B ...`, what `cofe run --workers` launches)."""
     for i, word in enumerate(cmdline[:-1]):
         if word == "start":
             if is_aggregator(cmdline[i + 1]):
-                return AGGREGATOR
+                return [AGGREGATOR]
             if cmdline[i + 1] == "collaborator" and i + 2 < len(cmdline):
-                return cmdline[i + 2]
-    return None
+                return [cmdline[i + 2]]
+            if cmdline[i + 1] == "worker" and "--sites" in cmdline[i + 2:-1]:
+                return [name for name in cmdline[cmdline.index("--sites", i) + 1].split(",") if name]
+    return []
 
 
 def _local_time(epoch: float) -> str:
@@ -136,15 +139,14 @@ def _child_processes(holder: Holder) -> list[Entry]:
         return []
     for child in children:
         try:
-            name = participant_of(child.cmdline())
+            names = participants_of(child.cmdline())
             status = child.status()
             started = child.create_time()
         except psutil.Error:
             continue  # ended meanwhile
-        if name:
-            alive = status != psutil.STATUS_ZOMBIE
-            entries.append(Entry(name, command_of(holder), "pid", str(child.pid), "running" if alive else "exited",
-                                 holder.host, _local_time(started), alive))
+        alive = status != psutil.STATUS_ZOMBIE
+        entries += [Entry(name, command_of(holder), "pid", str(child.pid), "running" if alive else "exited",
+                          holder.host, _local_time(started), alive) for name in names]
     return entries
 
 

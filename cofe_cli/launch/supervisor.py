@@ -62,15 +62,15 @@ COLLABORATOR_GIB = 2.1
 AGGREGATOR_GIB = 1.8
 
 
-def warn_if_memory_short(collaborators: int, console: Console) -> None:
+def warn_if_memory_short(collaborator_processes: int, console: Console) -> None:
     import psutil
 
-    needed = collaborators * COLLABORATOR_GIB + AGGREGATOR_GIB
+    needed = collaborator_processes * COLLABORATOR_GIB + AGGREGATOR_GIB
     available = psutil.virtual_memory().available / 2**30
     if needed > available:
-        console.print(f"[yellow]warning:[/] {collaborators} collaborators need about {needed:.0f} GiB here, "
+        console.print(f"[yellow]warning:[/] {collaborator_processes} collaborator processes need about {needed:.0f} GiB here, "
                       f"but only {available:.0f} GiB is free; processes may be killed for memory "
-                      "(hint: simulate fewer sites per machine, or use a smaller model)")
+                      "(hint: simulate fewer sites per machine, share processes with --workers, or use a smaller model)")
 
 
 def error_excerpt(lines: list[str], keep: int = 25) -> list[str]:
@@ -130,7 +130,8 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
     deadline = time.monotonic() + timeout if timeout else None
     aggregator_done_at = None
     live = Live(progress, console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
-    warn_if_memory_short(len(manifest.collaborators), console)
+    # Shared workers (`--workers`) hold several collaborators in one process each.
+    warn_if_memory_short(getattr(launcher, "collaborator_processes", len(manifest.collaborators)), console)
     launcher.start()
     try:
         if live:

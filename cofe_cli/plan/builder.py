@@ -32,6 +32,37 @@ MAX_EPOCHS_PER_ROUND = 1_000
 _DEVICE = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
 
 TASKS = ("aggregated_model_validation", "train", "locally_tuned_model_validation")
+LOCAL_VALIDATION_TASK = "locally_tuned_model_validation"
+
+# `validation_batch` in the task runner's settings (engine/batched_validation.py): patches per forward
+# pass, `auto` (sized from the memory available) or `gandlf` (GaNDLF's own validate_network, patch by
+# patch with batch 1: slower, kept to compare against).
+AUTO_BATCH = "auto"
+GANDLF_VALIDATION = "gandlf"
+_BATCH_HINT = "give a number of patches per forward pass (1 or more), auto (sized from the memory available) or gandlf"
+
+
+def parse_validation_batch(value, *, source: str = "--validation-batch") -> int | str:
+    """`auto`, `gandlf` or a positive integer, as the plan holds it; CofeError for anything else."""
+    text = AUTO_BATCH if value is None else str(value).strip().lower()
+    if text in (AUTO_BATCH, GANDLF_VALIDATION):
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise CofeError(f"{source} {value!r} is not a batch size", hint=_BATCH_HINT)
+    return int(text)
+
+
+def parse_on_off(value: str, *, option: str) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("on", "off"):
+        raise CofeError(f"{option} must be on or off, not {value!r}", hint=f"e.g. {option} off")
+    return text == "on"
+
+
+def validation_options(validation_batch, local_validation: str) -> tuple[int | str, bool]:
+    """`--validation-batch` and `--local-validation` as PlanOptions takes them. `cofe run` and `cofe demo`
+    check them before they make --dir or generate data, `cofe init` with the other options."""
+    return parse_validation_batch(validation_batch), parse_on_off(local_validation, option="--local-validation")
 
 
 @dataclass(frozen=True)
@@ -44,6 +75,9 @@ class PlanOptions:
     device: str = "cpu"
     epochs_per_round: int = 1
     instance_norm_statistics: str = "input"  # see engine/openfl_task_runner.py
+    validation_batch: int | str = AUTO_BATCH  # see parse_validation_batch
+    # OpenFL's GaNDLF plan validates the global model and, after training, the local one; off drops the latter.
+    local_validation: bool = True
     # Site loss (see site_loss_policy): a round may close with this many sites once the round timeout
     # passed; None for both is OpenFL's default, every round waits for every site.
     min_collaborators: int | None = None
@@ -123,6 +157,7 @@ def check_plan_options(options: PlanOptions) -> None:
     check_device(options.device)
     if options.max_epsilon is not None and not (math.isfinite(options.max_epsilon) and options.max_epsilon > 0):
         raise CofeError(f"--max-epsilon must be a number more than 0, got {options.max_epsilon}", hint="e.g. --max-epsilon 8")
+    parse_validation_batch(options.validation_batch)
     if (options.min_collaborators is None) != (options.round_timeout_seconds is None):
         raise CofeError("a site-loss policy needs both a minimum number of collaborators and a round timeout",
                         hint="give --round-timeout with --min-collaborators")
@@ -151,8 +186,13 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
     patch_size = list(gandlf_config.get("patch_size") or [])  # a copy: a shared list becomes a YAML alias
     validation = [f"valid_{name}" for name in metric_names]
     train_metrics = ["loss"] + [f"train_{name}" for name in metric_names]
+    # What a collaborator runs each round; Manifest.tasks says the same from the manifest.
+    tasks = [task for task in TASKS if options.local_validation or task != LOCAL_VALIDATION_TASK]
     task_runner_settings = {"device": options.device, "instance_norm_statistics": options.instance_norm_statistics,
                             "gandlf_config": gandlf_config}
+    validation_batch = parse_validation_batch(options.validation_batch)
+    if validation_batch != AUTO_BATCH:  # auto is the task runner's default: the plan (and its hash) stays as it was
+        task_runner_settings["validation_batch"] = validation_batch
     if mu:
         task_runner_settings["proximal_mu"] = float(mu)
     task_runner_settings.update(_privacy_settings(gandlf_config, options, bool(mu)))
@@ -201,9 +241,9 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
         },
         "assigner": {
             "template": "openfl.component.RandomGroupedAssigner",
-            "settings": {"task_groups": [{"name": "learning", "percentage": 1.0, "tasks": list(TASKS)}]},
+            "settings": {"task_groups": [{"name": "learning", "percentage": 1.0, "tasks": tasks}]},
         },
-        "tasks": {
+        "tasks": {name: task for name, task in {
             "aggregated_model_validation": {
                 "function": "validate",
                 "kwargs": {"apply": "global", "metrics": ["valid_loss", *validation]},
@@ -217,7 +257,7 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
                 "function": "validate",
                 "kwargs": {"apply": "local", "metrics": ["valid_loss", *validation]},
             },
-        },
+        }.items() if name in tasks},
         "compression_pipeline": {"template": "openfl.pipelines.NoCompressionPipeline"},
         **_straggler_policy(options),
     }

@@ -208,6 +208,34 @@ def check_patch_fits(sizes: list[tuple[int, ...]], patch_size: Sequence[int], *,
             f"(down to {_voxels(smallest)} voxels); GaNDLF pads them (enable_padding), so those patches are mostly padding",)
 
 
+@dataclass(frozen=True)
+class DataFacts:
+    """What a site's CSV header tells about the model, for a config that does not say it itself."""
+
+    source: Path
+    channels: int
+    problem_type: str | None  # "segmentation" (a Label column) or "classification" (ValueToPredict); None if neither
+
+
+def data_facts(data_paths: Sequence[Path | None]) -> DataFacts | None:
+    """From the first site whose data is given here (a folder's train.csv, or the CSV itself): only the
+    header is read, as GaNDLF reads it. The other sites are checked against it later (check_csv)."""
+    for data in data_paths:
+        if data is None:
+            continue
+        csv_path = Path(data).expanduser()
+        csv_path = csv_path / TRAIN_CSV if csv_path.is_dir() else csv_path
+        if not csv_path.is_file():
+            continue
+        header, _rows = _read_csv(csv_path)
+        columns = classify_columns(header)
+        if not columns.channels:
+            continue
+        problem_type = "classification" if columns.values else "segmentation" if columns.label else None
+        return DataFacts(csv_path, len(columns.channels), problem_type)
+    return None
+
+
 def expectations_of(gandlf_config: dict) -> dict:
     """What the model needs of a site's data, from the GaNDLF config: check_data_folder's and split_csv's keywords."""
     sampler = gandlf_config.get("patch_sampler")
@@ -251,18 +279,24 @@ def _subject_rank(subject: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()
 
 
+def pick_valid_subjects(subjects: Sequence[str], *, valid_fraction: float, seed: int) -> set[str]:
+    """The subjects that validate: `valid_fraction` of at least 2 subjects, but at least one and never all."""
+    ranked = sorted(set(subjects), key=lambda s: _subject_rank(s, seed))
+    return set(ranked[:min(len(ranked) - 1, max(1, round(len(ranked) * valid_fraction)))])
+
+
 def split_csv(csv_path: Path, out_folder: Path, *, problem_type: str | None, channels: int | None = None,
               patch_size: Sequence[int] = (), padding: bool = False, valid_fraction: float = 0.2, seed: int = 0) -> DataSummary:
     """Split one GaNDLF CSV by subject into train.csv/valid.csv with absolute paths."""
     csv_path = Path(csv_path).expanduser().resolve()
     columns, rows, sizes = check_csv(csv_path, problem_type=problem_type, channels=channels)
-    subjects = sorted({row[columns.subject] for row in rows}, key=lambda s: _subject_rank(s, seed))
+    subjects = {row[columns.subject] for row in rows}
     if len(subjects) < 2:
         raise CofeError(f"{csv_path} has {len(subjects)} subject(s); a train/valid split needs at least 2",
                         hint="add subjects, or give a folder with train.csv and valid.csv")
-    n_valid = min(len(subjects) - 1, max(1, round(len(subjects) * valid_fraction)))
-    summary = _summary(out_folder, len(subjects) - n_valid, n_valid, columns, sizes, patch_size=patch_size, padding=padding)
-    valid_subjects = set(subjects[:n_valid])
+    valid_subjects = pick_valid_subjects(subjects, valid_fraction=valid_fraction, seed=seed)
+    summary = _summary(out_folder, len(subjects) - len(valid_subjects), len(valid_subjects), columns, sizes,
+                       patch_size=patch_size, padding=padding)
     train_rows = [r for r in rows if r[columns.subject] not in valid_subjects]
     valid_rows = [r for r in rows if r[columns.subject] in valid_subjects]
     atomic_write_text(Path(out_folder) / TRAIN_CSV, _render_absolute(train_rows, columns, csv_path))

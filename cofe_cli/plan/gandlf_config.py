@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from cofe_cli.errors import CofeError
+from cofe_cli.plan.data import DataFacts, problem_type_of
 
 # Keys of GANDLF/models/__init__.py's `global_models_dict` in gandlf==0.1.5, copied once so this
 # module needs no torch. tests/integration/test_gandlf_samples_validate.py asserts equality with
@@ -61,6 +62,47 @@ GANDLF_DEFAULT_QUEUE_SAMPLES_PER_VOLUME = 10
 GANDLF_DEFAULT_NESTED_TRAINING = {"testing": -5, "validation": -5}
 # NestedTraining.testing carries `le=10` in GaNDLF 0.1.5.
 NESTED_TRAINING_MAX_TESTING_FOLDS = 10
+
+# Settings GaNDLF 0.1.5 gives a default (GANDLF/configuration/default_config.py, user_defined_config.py,
+# model_config.py): name -> (the type older configs wrote as text, the default). A null or a "None"
+# string there means "unset": GaNDLF before 0.1 read "none" strings as None (initialize_parameter) and
+# then used its default, while 0.1.5 rejects both. `str` settings are only unset, never converted.
+_UNSET = object()  # no default of its own: cofe fills it in from the rest of the config or the data
+GANDLF_TOP_LEVEL_DEFAULTS: dict[str, tuple[type, Any]] = {
+    "weighted_loss": (bool, False), "verbose": (bool, False), "q_verbose": (bool, False),
+    "medcam_enabled": (bool, False), "save_training": (bool, False), "save_output": (bool, False),
+    "in_memory": (bool, False), "pin_memory_dataloader": (bool, False), "scaling_factor": (int, 1),
+    "q_max_length": (int, GANDLF_DEFAULT_QUEUE_MAX_LENGTH),
+    "q_samples_per_volume": (int, GANDLF_DEFAULT_QUEUE_SAMPLES_PER_VOLUME), "q_num_workers": (int, 0),
+    "num_epochs": (int, 100), "patience": (int, 100), "batch_size": (int, 1), "learning_rate": (float, 0.001),
+    "clip_grad": (float, None), "track_memory_usage": (bool, False), "memory_save_mode": (bool, False),
+    "print_rgb_label_warning": (bool, True), "determinism": (bool, False), "previous_parameters": (dict, None),
+    "grid_aggregator_overlap": (str, "crop"), "clip_mode": (str, "norm"), "scheduler": (str, "triangle_modified"),
+    "optimizer": (str, "adam"), "patch_sampler": (str, "uniform"),
+    "inference_mechanism": (dict, {"grid_aggregator_overlap": "crop", "patch_overlap": 0}),
+}
+GANDLF_MODEL_DEFAULTS: dict[str, tuple[type, Any]] = {
+    "dimension": (int, _UNSET), "base_filters": (int, 32), "amp": (bool, False), "save_at_every_epoch": (bool, False),
+    "print_summary": (bool, True), "ignore_label_validation": (int, None), "type": (str, "torch"),
+    "data_type": (str, "FP32"), **{alias: (int, _UNSET) for alias in CHANNEL_COUNT_ALIASES},
+}
+GANDLF_PATCH_SAMPLER_DEFAULTS: dict[str, tuple[type, Any]] = {"enable_padding": (bool, False), "biased_sampling": (bool, False)}
+_UNSET_TEXTS = frozenset({"none", "null", "~"})
+_BOOL_TEXTS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+# What a config without `metrics` is scored with: GaNDLF's usual metric for the problem.
+DEFAULT_METRICS = {"segmentation": "dice", "classification": "classification_accuracy", "regression": "mse"}
+# Loss functions of GANDLF/losses/__init__.py that only one problem type uses.
+_LOSS_PROBLEM_TYPES = {
+    **dict.fromkeys(("dc", "dice", "dc_log", "dclog", "dice_log", "dicelog", "mcc", "mcc_log", "mcclog", "mathews",
+                     "mathews_log", "dcce", "dcce_logits", "tversky", "dc_focal"), "segmentation"),
+    **dict.fromkeys(("ce", "cel"), "classification"),
+    **dict.fromkeys(("mse", "l1"), "regression"),
+}
+PROBLEM_TYPES = ("segmentation", "classification", "regression")
+# Architectures whose constructor reads params["problem_type"]. GaNDLF sets it from the CSV header, but
+# OpenFL builds the aggregator's initial model without data, where it is only in the config if written.
+_ARCHITECTURES_READING_PROBLEM_TYPE = frozenset({"imagenet_unet"})
 
 _DIMENSION_HINT = "set `dimension: 2` or `dimension: 3` under `model:`"
 
@@ -181,13 +223,15 @@ def _lists_alternatives(cfg: dict) -> bool:
     return isinstance(patch_size, list) and any(isinstance(entry, list) for entry in patch_size)
 
 
-def normalise_gandlf_config(cfg: dict, *, gandlf_version: str = "0.1.5") -> dict:
-    """A new, normalised copy of a GaNDLF training config; `cfg` itself is never changed."""
-    normalised, _notes = normalise_gandlf_config_with_notes(cfg, gandlf_version=gandlf_version)
+def normalise_gandlf_config(cfg: dict, *, gandlf_version: str = "0.1.5", data: DataFacts | None = None) -> dict:
+    """A new, normalised copy of a GaNDLF training config; `cfg` itself is never changed. `data`, what a
+    site's CSV header says, fills in what the config leaves to the data (channel count, problem type)."""
+    normalised, _notes = normalise_gandlf_config_with_notes(cfg, gandlf_version=gandlf_version, data=data)
     return normalised
 
 
-def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.5") -> tuple[dict, list[str]]:
+def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.5",
+                                       data: DataFacts | None = None) -> tuple[dict, list[str]]:
     """Like normalise_gandlf_config, plus one line per change made, for telling the user what changed."""
     kind = config_kind(cfg)
     if kind != "training":
@@ -203,18 +247,25 @@ def normalise_gandlf_config_with_notes(cfg: dict, *, gandlf_version: str = "0.1.
             f"`model` must be a mapping, not {type(model).__name__}",
             hint="write `model:` with keys such as architecture, dimension, final_layer, class_list",
         )
+    _read_text_values(result, GANDLF_TOP_LEVEL_DEFAULTS, "", notes)
+    _read_text_values(model, GANDLF_MODEL_DEFAULTS, "model.", notes)
+    _move_legacy_keys(result, notes)
+    if isinstance(result.get("patch_sampler"), dict):
+        _read_text_values(result["patch_sampler"], GANDLF_PATCH_SAMPLER_DEFAULTS, "patch_sampler.", notes)
+    _lowercase_choices(result, notes)
     _require_top_level_keys(result)
-    _metrics_as_list(result, notes)
     _normalise_architecture(model, notes)
     _normalise_dimension(model, result.get("patch_size"), notes)
     _normalise_final_layer(model, notes)
+    problem_type = _default_metrics(result, data, notes)
+    _metrics_as_list(result, notes)
     _normalise_norm_type(model, notes)
-    _normalise_channel_count(model, notes)
+    _normalise_channel_count(model, data, notes)
     _normalise_class_list(model, notes)
+    _settle_problem_type(result, problem_type, notes)
     _pin_version(result, gandlf_version, notes)
     _normalise_modality(result, notes)
     _normalise_patch_size(result, model["dimension"], notes)
-    _drop_null_clipping(result, notes)
     _set_output_dir(result, notes)
     _fix_queue_length(result, notes)
     _normalise_nested_training(result, notes)
@@ -294,12 +345,144 @@ def _dp_number(key: str, value) -> float:
     return number
 
 
+def _read_text_values(section: dict, defaults: dict[str, tuple[type, Any]], prefix: str, notes: list[str]) -> None:
+    """Unset values (null, "None") are dropped so that GaNDLF's default applies; numbers and booleans
+    written as text become numbers and booleans, which cofe's own checks compare."""
+    for key, (kind, default) in defaults.items():
+        if key not in section:
+            continue
+        value = section[key]
+        text = value.strip().lower() if isinstance(value, str) else None
+        if value is None or text in _UNSET_TEXTS or (text == "" and kind is not str):
+            del section[key]
+            then = "" if default is _UNSET else f"; GaNDLF 0.1.5 then uses its default {default!r}"
+            notes.append(f"{prefix}{key}: {value!r} dropped (older GaNDLF read it as unset{then})")
+            continue
+        if text is None or kind in (str, dict):
+            continue
+        converted = _number_or_bool(text, kind)
+        if converted is not None:
+            section[key] = converted
+            notes.append(f"{prefix}{key} {value!r} -> {converted!r} (written as text)")
+
+
+def _number_or_bool(text: str, kind: type) -> Any:
+    """`text` read as `kind` (int, float or bool); None when it is not one (GaNDLF then names the problem)."""
+    if kind is bool:
+        return _BOOL_TEXTS.get(text)
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if kind is float:
+        return number
+    return int(number) if number.is_integer() else None
+
+
+def _move_legacy_keys(cfg: dict, notes: list[str]) -> None:
+    # GaNDLF before 0.1 copied `opt` into `optimizer`; 0.1.5 keeps it as an unknown key and trains with adam.
+    if "opt" in cfg:
+        legacy = cfg.pop("opt")
+        if cfg.get("optimizer") in (None, "", {}):
+            cfg["optimizer"] = legacy
+            notes.append(f"opt {legacy!r} -> optimizer (the name GaNDLF 0.1.5 reads; it ignores `opt`)")
+        else:
+            notes.append(f"opt {legacy!r} dropped (optimizer {cfg['optimizer']!r} is set, and GaNDLF 0.1.5 ignores `opt`)")
+    # FeTS-era configs (GaNDLF 0.0.14) padded with a top-level `enable_padding`; 0.1.5 reads
+    # patch_sampler.enable_padding only.
+    if "enable_padding" in cfg:
+        padding = cfg_padding = cfg.pop("enable_padding")
+        padding = _BOOL_TEXTS.get(padding.strip().lower()) if isinstance(padding, str) else padding
+        if not isinstance(padding, bool):
+            raise CofeError(f"enable_padding must be true or false, not {cfg_padding!r}",
+                            hint="write `patch_sampler: {type: uniform, enable_padding: true}` (GaNDLF 0.1.5's place for it)")
+        if not padding:
+            notes.append("enable_padding: false dropped (GaNDLF 0.1.5 reads patch_sampler.enable_padding; false is its default)")
+            return
+        sampler = cfg.get("patch_sampler")
+        sampler = dict(sampler) if isinstance(sampler, dict) else {"type": sampler or "uniform"}
+        sampler["enable_padding"] = True
+        cfg["patch_sampler"] = sampler
+        notes.append(f"enable_padding: true -> patch_sampler {sampler} (where GaNDLF 0.1.5 reads it)")
+
+
+def _lowercase_choices(cfg: dict, notes: list[str]) -> None:
+    # GaNDLF before 0.1 lowercased these names when it used them; 0.1.5's Literal checks do not.
+    for where, section, key in (("optimizer", cfg, "optimizer"), ("scheduler", cfg, "scheduler"),
+                                ("model.type", cfg["model"], "type")):
+        holder, field = (section[key], "type") if isinstance(section.get(key), dict) else (section, key)
+        value = holder.get(field)
+        if isinstance(value, str) and value != value.strip().lower():
+            holder[field] = value.strip().lower()
+            label = f"{where}.type" if holder is not section else where
+            notes.append(f"{label} {value!r} -> {holder[field]!r} (GaNDLF's config check is case-sensitive)")
+
+
+def _infer_problem_type(cfg: dict, data: DataFacts | None) -> tuple[str | None, str]:
+    """The problem type and what told it: GaNDLF's own rule (final layer, metrics), then the data's
+    columns (as GaNDLF decides at training), then a loss function only one problem type uses."""
+    from_config = problem_type_of(cfg)
+    if from_config is not None:
+        return from_config, "the final layer and metrics"
+    if data is not None and data.problem_type is not None:
+        return data.problem_type, f"the columns of {data.source}"
+    loss = cfg.get("loss_function")
+    loss_name = next(iter(loss), None) if isinstance(loss, dict) else loss
+    by_loss = _LOSS_PROBLEM_TYPES.get(str(loss_name).strip().lower())
+    if by_loss is not None:
+        return by_loss, f"loss_function {loss_name}"
+    return None, ""
+
+
+def _default_metrics(cfg: dict, data: DataFacts | None, notes: list[str]) -> str | None:
+    """Choose the usual metric when the config names none; returns the problem type when it is known."""
+    problem_type, told_by = _infer_problem_type(cfg, data)
+    if cfg.get("metrics") not in (None, "", [], {}):
+        return problem_type
+    if problem_type is None:
+        raise CofeError(
+            "the GaNDLF config has no `metrics`, and neither its loss function nor the data tell whether it "
+            "is a segmentation, classification or regression model",
+            hint="add metrics, e.g. `metrics: [dice]` (segmentation) or `metrics: [classification_accuracy]`",
+        )
+    cfg["metrics"] = [DEFAULT_METRICS[problem_type]]
+    notes.append(f"metrics not set: using {cfg['metrics']} ({problem_type}, from {told_by}); set `metrics:` to choose")
+    return problem_type
+
+
+def _settle_problem_type(cfg: dict, problem_type: str | None, notes: list[str]) -> None:
+    # GaNDLF overwrites `problem_type` from each site's CSV header before training, so a written one only
+    # reaches a model built without data: the aggregator's initial model.
+    written = cfg.get("problem_type")
+    given = written.strip().lower() if isinstance(written, str) else written
+    if given is not None and given not in PROBLEM_TYPES:
+        raise CofeError(f"unknown problem_type {written!r}", hint=f"use one of: {', '.join(PROBLEM_TYPES)}, or remove it")
+    if given != written:
+        cfg["problem_type"] = given
+        notes.append(f"problem_type {written!r} -> {given!r} (GaNDLF compares it case-sensitively)")
+    if given is not None and problem_type is not None and given != problem_type:
+        cfg["problem_type"] = problem_type
+        notes.append(f"problem_type {given!r} -> {problem_type!r} (what GaNDLF decides from the final layer, "
+                     "metrics and data; it ignores the written one when training)")
+        return
+    if given is not None or cfg["model"]["architecture"] not in _ARCHITECTURES_READING_PROBLEM_TYPE:
+        return
+    if problem_type is None:
+        raise CofeError(
+            f"model {cfg['model']['architecture']} needs to know whether it segments or classifies, and the config "
+            "does not tell (no segmentation metric, no classification final layer)",
+            hint="add `problem_type: segmentation` or `problem_type: classification` to the GaNDLF config",
+        )
+    cfg["problem_type"] = problem_type
+    notes.append(f"problem_type set to {problem_type!r} ({cfg['model']['architecture']} reads it when "
+                 "the aggregator builds the initial model, where GaNDLF has no data to tell)")
+
+
 def _require_top_level_keys(cfg: dict) -> None:
     # These have no GaNDLF default and no safe guess: they are modelling decisions.
     examples = {
         "patch_size": "patch_size: [64, 64, 64]",
         "loss_function": "loss_function: dc",
-        "metrics": "metrics: [dice]",
     }
     for key, example in examples.items():
         if cfg.get(key) in (None, "", [], {}):
@@ -311,6 +494,14 @@ def _metrics_as_list(cfg: dict, notes: list[str]) -> None:
     if isinstance(cfg["metrics"], str):
         cfg["metrics"] = [cfg["metrics"]]
         notes.append(f"metrics {cfg['metrics'][0]!r} -> {cfg['metrics']} (GaNDLF expects a list)")
+    metrics = cfg["metrics"]
+    entries = metrics if isinstance(metrics, list) else [] if isinstance(metrics, dict) else [metrics]
+    for entry in entries:
+        if not (isinstance(entry, str) and entry.strip() or isinstance(entry, dict) and entry):
+            raise CofeError(
+                f"metrics must name GaNDLF metrics, but {metrics!r} holds {entry!r}",
+                hint="e.g. `metrics: [dice]`, or `metrics: [accuracy, {f1: {average: macro}}]`",
+            )
 
 
 def _normalise_architecture(model: dict, notes: list[str]) -> None:
@@ -409,7 +600,7 @@ def _normalise_norm_type(model: dict, notes: list[str]) -> None:
         model["norm_type"] = lowered
 
 
-def _normalise_channel_count(model: dict, notes: list[str]) -> None:
+def _normalise_channel_count(model: dict, data: DataFacts | None, notes: list[str]) -> None:
     given = {alias: model.pop(alias) for alias in CHANNEL_COUNT_ALIASES if alias in model}
     counts = {alias: _channel_count(alias, value) for alias, value in given.items() if value is not None}
     distinct = set(counts.values())
@@ -426,11 +617,16 @@ def _normalise_channel_count(model: dict, notes: list[str]) -> None:
             notes.append(
                 f"model.{renamed[0]} -> model.{CHANNEL_COUNT_KEY} (the name GaNDLF documents and cofe checks data against)"
             )
+    elif data is not None:
+        # GaNDLF itself would use its default 3, whatever the CSV holds (ConfigManager sets it first).
+        model[CHANNEL_COUNT_KEY] = data.channels
+        notes.append(f"model.{CHANNEL_COUNT_KEY} not set: using {data.channels}, the Channel columns of {data.source}")
     else:
         model[CHANNEL_COUNT_KEY] = GANDLF_DEFAULT_CHANNEL_COUNT
         notes.append(
-            f"model.{CHANNEL_COUNT_KEY} not set: using GaNDLF's default {GANDLF_DEFAULT_CHANNEL_COUNT}; "
-            "set it to the number of image channels per subject"
+            f"model.{CHANNEL_COUNT_KEY} not set and no data given here: assumed GaNDLF's default "
+            f"{GANDLF_DEFAULT_CHANNEL_COUNT}; if each subject has another number of images, set "
+            f"`{CHANNEL_COUNT_KEY}: N` under `model:`"
         )
 
 
@@ -542,14 +738,6 @@ def _patch_edge(entry: Any, patch_size: Any) -> int:
             hint="e.g. `patch_size: [64, 64, 64]` (patch-extraction sizes such as 1000m are not training patch sizes)",
         )
     return int(entry)
-
-
-def _drop_null_clipping(cfg: dict, notes: list[str]) -> None:
-    # GaNDLF 0.1.5 rejects `clip_mode: null`; absent, it means "norm" and no clipping without clip_grad.
-    for key in ("clip_mode", "clip_grad"):
-        if key in cfg and cfg[key] is None:
-            del cfg[key]
-            notes.append(f"{key}: null dropped (GaNDLF rejects null; unset keeps its default)")
 
 
 def _set_output_dir(cfg: dict, notes: list[str]) -> None:

@@ -12,6 +12,9 @@ import pytest
 
 from cofe_cli.errors import CofeError
 from cofe_cli.plan.gandlf_config import (
+    GANDLF_MODEL_DEFAULTS,
+    GANDLF_PATCH_SAMPLER_DEFAULTS,
+    GANDLF_TOP_LEVEL_DEFAULTS,
     SUPPORTED_ARCHITECTURES,
     SUPPORTED_FINAL_LAYERS,
     load_gandlf_yaml,
@@ -89,3 +92,35 @@ def test_supported_final_layers_match_gandlf() -> None:
 
     annotation = ModelConfig.model_fields["final_layer"].annotation
     assert SUPPORTED_FINAL_LAYERS == frozenset(typing.get_args(annotation))
+
+
+def test_default_tables_match_gandlf() -> None:
+    # The pure module names these defaults in its notes ("then uses its default ..."); they must be GaNDLF's.
+    from GANDLF.configuration.model_config import ModelConfig
+    from GANDLF.configuration.parameters_config import Parameters
+    from GANDLF.configuration.patch_sampler_config import PatchSamplerConfig
+
+    for table, fields in ((GANDLF_TOP_LEVEL_DEFAULTS, Parameters.model_fields), (GANDLF_MODEL_DEFAULTS, ModelConfig.model_fields),
+                          (GANDLF_PATCH_SAMPLER_DEFAULTS, PatchSamplerConfig.model_fields)):
+        for name, (_kind, default) in table.items():
+            if not isinstance(default, (bool, int, float, str)) or name in ("scheduler", "optimizer", "patch_sampler"):
+                continue  # model objects in GaNDLF, named by their type here; `_UNSET` and None have no value to compare
+            # base_filters' field default is None, which ModelConfig's validator turns into 32.
+            gandlf_default = 32 if name == "base_filters" else fields[name].default
+            assert default == gandlf_default, name
+
+
+def test_imagenet_unet_without_problem_type_builds_without_data(validate_with_gandlf) -> None:
+    # OpenFL builds the aggregator's initial model without data; GaNDLF's imagenet_unet read
+    # params["problem_type"] there and `cofe init` died with KeyError: 'problem_type'.
+    from GANDLF.models import get_model
+
+    cfg = {"model": {"architecture": "imagenet_unet", "dimension": 2, "final_layer": "sigmoid", "class_list": [0, 1],
+                     "num_channels": 1, "pretrained": False, "encoder_name": "resnet18"},
+           "patch_size": [64, 64], "loss_function": "dc"}  # no metrics either: dice is chosen from the loss
+    parameters = validate_with_gandlf(normalise_gandlf_config(cfg, gandlf_version=INSTALLED_GANDLF))
+
+    model = get_model(parameters)
+
+    assert parameters["problem_type"] == "segmentation"
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,36 @@ def test_gandlf_inference_loads_the_federation_model(trained, tmp_path, site_dat
     masks = sorted((model_dir / "output_inference").rglob("*_seg*.nii.gz"))
     predicted = {subject for subject in subjects for mask in masks if mask.name.startswith(f"{subject}_seg")}
     assert predicted == set(subjects), (masks, sorted(out.rglob("*")), result.stdout[-2000:])
+
+
+def test_the_aggregator_holds_no_torch_and_writes_its_models_apart(trained, tmp_path):
+    """The aggregator's memory (issue 13): built as `cofe start aggregator` builds it, it loads neither torch
+    nor GaNDLF; a process of its own writes the native models, the same ones the federation wrote."""
+    fed = tmp_path / "fed"
+    shutil.copytree(trained, fed, symlinks=True)
+    save = fed / "workspaces" / "aggregator" / "save"
+    shutil.rmtree(save / "gandlf_model")
+    for written in ("last.pt", "best.pt"):
+        (save / written).unlink()
+    probe = ("import json, os, sys; from cofe_cli.engine import participant; os.chdir(sys.argv[1]); "
+             "participant.aggregator_of_plan(); participant.export_native_models_apart(sys.argv[1]); "
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'GANDLF', 'monai', 'torchio'})))")
+    done = subprocess.run([sys.executable, "-c", probe, str(save.parent)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+    for kind in ("final", "best"):
+        original = torch.load(trained / "results" / f"{kind}_model.pt", map_location="cpu", weights_only=True)
+        again = torch.load(save / f"{'last' if kind == 'final' else kind}.pt", map_location="cpu", weights_only=True)
+        assert list(again["model_state_dict"]) == list(original["model_state_dict"])
+        assert all(torch.equal(again["model_state_dict"][k], v) for k, v in original["model_state_dict"].items())
+        assert again["optimizer_state_dict"] == original["optimizer_state_dict"]
+    for checkpoint in (trained / "results" / "gandlf_model").glob("*.pth.tar"):
+        original = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        again = torch.load(save / "gandlf_model" / checkpoint.name, map_location="cpu", weights_only=False)
+        assert again["parameters"] == original["parameters"] and again["epoch"] == original["epoch"]
+        assert all(torch.equal(again["model_state_dict"][k], v) for k, v in original["model_state_dict"].items())
+    assert (save / "gandlf_model" / "config.yaml").read_text() == (trained / "results" / "gandlf_model" / "config.yaml").read_text()
 
 
 def test_hub_package_carries_provenance_and_nothing_private(trained, tmp_path, site_data):

@@ -49,6 +49,25 @@ def test_run_finishes_with_metrics_and_models(tmp_path, site_data, fast_config):
     assert again.returncode == 2 and "already finished" in again.stderr
 
 
+def test_a_run_without_local_validation_finishes_with_no_locally_tuned_rows(tmp_path, site_data, fast_config):
+    """`--local-validation off` drops the task from the plan: OpenFL never runs it, the run still finishes.
+    `--validation-batch gandlf` also sends the validation through GaNDLF's own validate_network."""
+    fed = tmp_path / "fed"
+    result = cofe("run", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(site_data),
+                  "--rounds", 1, "--port", free_port(), "--timeout", 600,
+                  "--local-validation", "off", "--validation-batch", "gandlf")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validation: aggregated model only" in result.stdout
+    with (fed / "results" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    tasks = {r["task"] for r in rows if r["collaborator"] in SITES}
+    assert {"aggregated_model_validation", "train"} <= tasks and "locally_tuned_model_validation" not in tasks
+    for site in SITES:
+        assert any(r["collaborator"] == site and r["metric"] == "valid_dice" for r in rows), site
+    assert "locally_tuned" not in (fed / "plans" / "plan.yaml").read_text()
+    assert "validation_batch: gandlf" in (fed / "plans" / "plan.yaml").read_text()
+
+
 def test_failing_collaborator_stops_everyone(tmp_path, site_data, fast_config):
     fed = tmp_path / "fed"
     broken = tmp_path / "broken"

@@ -1,4 +1,5 @@
-"""Running the real `cofe` CLI and asserting on how it ended, shared by the unit tests that drive it."""
+"""Running the real `cofe` CLI and asserting on how it ended, shared by the unit tests that drive it; and
+the same for a call of one of cofe's functions (call_refused)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from cofe_cli.errors import CofeError
 
 
 def run_cofe(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -28,3 +33,11 @@ def refused(result, message: str) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert any(message in line for line in errors), shown
     assert any(line.startswith("hint:") and len(line) > 7 for line in result.stderr.splitlines()), shown
+
+
+def call_refused(call, *args, **kwargs) -> CofeError:
+    """`call(...)` refuses its input: a CofeError that says what to do (a hint); returned to check its words."""
+    with pytest.raises(CofeError) as error:
+        call(*args, **kwargs)
+    assert error.value.hint, "every refusal says what to do"
+    return error.value

@@ -143,8 +143,9 @@ PATH_ROLES = {
     "data": "data folder",
     "source": "folder",
     "gandlf_config": "input file", "kit": "input file", "request_file": "input file", "signed_file": "input file",
-    "extra_ca_bundle": "input file", "data_csv": "input file",
+    "extra_ca_bundle": "input file", "data_csv": "input file", "csv": "input file", "partition_csv": "input file",
     "out": "output file",
+    "sites_from": "folder",
 }
 BAD_PATHS: dict[str, dict[str, Maker]] = {
     "federation folder": {"a file": regular_file, "missing": missing, "empty": empty_folder,
@@ -177,7 +178,20 @@ def write_config(tmp: Path) -> str:
 # torch (a valid GaNDLF config; files that are not a kit or a request, which those commands refuse).
 REQUIRED = {"gandlf_config": write_config, "collaborator": text("hospital_a"), "name": text("hospital_a"),
             "kit": regular_file, "request_file": regular_file, "signed_file": regular_file,
-            "data_csv": regular_file, "out": lambda tmp: str(tmp / "inputs" / "new-folder")}
+            "data_csv": regular_file, "csv": regular_file, "out": lambda tmp: str(tmp / "inputs" / "new-folder"),
+            "sites": text("hospital_a")}  # `cofe start worker --sites` (what `cofe run --workers` starts)
+# Options that are each optional but of which one must be given: the first is given unless another is under test.
+ONE_OF = {("init",): ("collaborator", "sites_from")}
+
+
+def given_beside(words: tuple[str, ...], param, other) -> bool:
+    """Whether `other` is given (with its value from REQUIRED) in the case that tests `param`."""
+    if other is param:
+        return False
+    if other.required:
+        return True
+    alternatives = ONE_OF.get(words, ())
+    return bool(alternatives) and other.name == alternatives[0] and param.name not in alternatives
 
 
 def bad_values(words: tuple[str, ...], command, param) -> dict[str, Maker]:
@@ -223,7 +237,7 @@ def cases() -> list:
         for param in command.params:
             for value, make in bad_values(words, command, param).items():
                 required = tuple((other, REQUIRED[other.name]) for other in command.params
-                                 if other.required and other is not param)
+                                 if given_beside(words, param, other))
                 case = Case(words, param.name, value, make, required, param)
                 found.append(pytest.param(case, id=f"{' '.join(words)} {param.name}={value}"))
     return found
@@ -284,7 +298,7 @@ def sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_walk_covers_every_command() -> None:
     walked = {" ".join(words) for words, _ in leaf_commands()}
     assert {"init", "run", "demo", "certify", "certify sign", "start collaborator", "image build", "doctor",
-            "export collaborator", "export model", "import", "status", "stop", "evaluate", "infer"} <= walked
+            "export collaborator", "export model", "import", "status", "stop", "evaluate", "infer", "data split"} <= walked
     assert len(cases()) > 200
 
 

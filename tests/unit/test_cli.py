@@ -190,6 +190,12 @@ BAD_INPUT = [
     ("negative-mu", init_args(None, extra=("--algorithm", "fedprox", "--proximal-mu", "-1")), "--proximal-mu must be a number 0 or more"),
     ("valid-fraction-1.5", init_args(None, extra=("--valid-fraction", "1.5")), "--valid-fraction must be between 0 and 1"),
     ("device-tpu", init_args(None, extra=("--device", "tpu")), "--device 'tpu' is not a device torch can train on"),
+    ("validation-batch-0", init_args(None, extra=("--validation-batch", "0")), "--validation-batch '0' is not a batch size"),
+    ("validation-batch-text", init_args(None, extra=("--validation-batch", "many")), "--validation-batch 'many' is not a batch size"),
+    ("local-validation-maybe", init_args(None, extra=("--local-validation", "maybe")),
+     "--local-validation must be on or off, not 'maybe'"),
+    ("run-validation-batch-negative", lambda tmp: ["run", *init_args(None, extra=("--validation-batch", "-3"))(tmp)[1:]],
+     "--validation-batch '-3' is not a batch size"),
     ("dir-is-a-file", init_args(None, fed=a_file), "it is a file, not a folder"),
     ("dir-under-a-file", init_args(None, fed=lambda tmp: a_file(tmp) / "fed"), "a part of its path is a file, not a folder"),
     ("csv-not-utf8", init_args(None, lambda tmp: f"hospital_a={latin1_csv(tmp)}"), "not UTF-8 text (byte 0xe9"),
@@ -366,7 +372,12 @@ def test_demo_writes_only_into_a_new_or_empty_folder(tmp_path: Path, make, messa
     (["--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
     (["--rounds", "1000000000"], "--rounds must be between 1 and 10000"),
     (["--image", "cofe:old"], "--image goes with --containers"),
-], ids=["timeout-0", "timeout-nan", "rounds-absurd", "image-without-containers"])
+    (["--sites", "101"], "--sites must be between 1 and 100, got 101"),
+    (["--sites", "0"], "--sites must be between 1 and 100, got 0"),
+    (["--validation-batch", "0"], "--validation-batch '0' is not a batch size"),
+    (["--local-validation", "yes"], "--local-validation must be on or off, not 'yes'"),
+], ids=["timeout-0", "timeout-nan", "rounds-absurd", "image-without-containers", "sites-beyond-a-fets-study", "no-sites",
+        "validation-batch-0", "local-validation-yes"])
 def test_demo_checks_its_options_before_generating_data(tmp_path: Path, args: list[str], message: str) -> None:
     assert_refused(cofe("demo", "--dir", str(tmp_path / "demo"), *args, cwd=tmp_path), message)
     assert not (tmp_path / "demo").exists()

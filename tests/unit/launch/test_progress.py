@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -24,11 +25,10 @@ MANIFEST = Manifest(name="t", collaborators=("site_a", "site_b"), rounds=2, aggr
                     aggregator_port=50051, algorithm="fedavg", plan_sha384="0" * 96, versions={})
 
 
-def _round(log: EventLog, round_number: int, dice: float) -> None:
-    for site in MANIFEST.collaborators:
-        log.emit("tasks", collaborator=site, round=round_number,
-                 tasks=["aggregated_model_validation", "train", "locally_tuned_model_validation"])
-        for task in ("aggregated_model_validation", "train", "locally_tuned_model_validation"):
+def _round(log: EventLog, round_number: int, dice: float, manifest: Manifest = MANIFEST) -> None:
+    for site in manifest.collaborators:
+        log.emit("tasks", collaborator=site, round=round_number, tasks=list(manifest.tasks))
+        for task in manifest.tasks:
             log.emit("task_done", collaborator=site, round=round_number, task=task)
             metric = "loss" if task == "train" else "valid_dice"
             log.emit("metric", collaborator=site, round=round_number, task=task, metric=metric, value=dice)
@@ -108,6 +108,34 @@ def test_a_resumed_federation_reports_each_metric_once(tmp_path):
     console.print(progress)
     text = console.export_text()
     assert "dice 0.400" in text and "Federation summary" in text and "2.00 GiB" in text
+
+
+@pytest.mark.parametrize(("local_validation", "said"), [(True, "validation: aggregated + locally tuned"),
+                                                        (False, "validation: aggregated model only")])
+def test_the_progress_view_and_the_summary_say_which_validations_ran(tmp_path, local_validation: bool, said: str):
+    manifest = dataclasses.replace(MANIFEST, local_validation=local_validation)
+    log = EventLog(tmp_path / "events.jsonl")
+    log.emit("started", round=0, rounds=1, resumed=False)
+    _round(log, 0, 0.25, manifest)
+    log.emit("finished", rounds=1)
+    progress = FederationProgress(manifest, started=0)
+    for event in EventTail(tmp_path / "events.jsonl").new_events():
+        progress.apply(event)
+
+    console = Console(record=True, width=200)
+    console.print(progress)
+    view = console.export_text()
+    console.print(summary_table(progress))
+    summary = console.export_text()
+    assert said in view and said in summary
+    header = next(line for line in summary.splitlines() if "participant" in line)
+    assert ("local" in header) is local_validation
+    assert ("local model" in view) is local_validation
+    results = write_results(FederationLayout(tmp_path / "fed"), progress)
+    assert json.loads((results / "summary.json").read_text())["validation"] == said.removeprefix("validation: ")
+    with (results / "metrics.csv").open() as handle:
+        tasks = {row["task"] for row in csv.DictReader(handle)}
+    assert ("locally_tuned_model_validation" in tasks) is local_validation
 
 
 def test_error_excerpt_keeps_the_traceback_in_view():

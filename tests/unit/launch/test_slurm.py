@@ -15,7 +15,7 @@ from cofe_cli.launch.factory import slurm_options_of
 from cofe_cli.errors import CofeError
 from cofe_cli.federation import FederationLayout
 from cofe_cli.launch import slurm
-from cofe_cli.launch.slurm import JobInfo, SlurmOptions, placement, render_script, returncode_of
+from cofe_cli.launch.slurm import JobInfo, SlurmOptions, placement, render_script, render_worker_script, returncode_of
 
 
 @pytest.fixture
@@ -43,6 +43,20 @@ def test_collaborator_script(layout):
     # `cofe run` holds the federation's locks on the login node: the job's `cofe start` must not take them.
     assert f"export COFE_LOCKS_HELD_BY={os.getpid()}" in script
     assert f"exec /opt/venv/bin/python -m cofe_cli start collaborator site_a --dir {layout.root} --device cuda" in script
+
+
+def test_shared_worker_script_runs_its_sites_in_one_job(layout):
+    """`cofe run --slurm --workers N`: one job per worker, its output in FED/workers, its sites each with its own log."""
+    options = SlurmOptions(mem_per_site="6G", cpus_per_site=2, gpus_per_site=1)
+    script = render_worker_script(layout, "worker-1", ("site_a", "site_c"), options, python="/opt/venv/bin/python")
+    directives = _directives(script)
+    for expected in (f"--output={layout.root / 'workers' / 'worker-1.log'}", f"--chdir={layout.root}",
+                     "--cpus-per-task=2", "--mem=6G", "--gpus=1", "--no-requeue"):
+        assert expected in directives, expected
+    assert any(d.startswith("--job-name=cofe-") and d.endswith("-worker-1") for d in directives)
+    assert "export OMP_NUM_THREADS=2" in script
+    assert (f"exec /opt/venv/bin/python -m cofe_cli start worker --sites site_a,site_c --dir {layout.root} "
+            "--device cuda") in script
 
 
 def test_aggregator_script_takes_one_core_no_gpu_and_can_be_pinned(layout):

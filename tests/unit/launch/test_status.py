@@ -22,7 +22,7 @@ from unit_federation import gandlf_config, write_federation
 
 from cofe_cli.federation import AGGREGATOR
 from cofe_cli.launch.slurm import write_jobs
-from cofe_cli.launch.status import participant_of
+from cofe_cli.launch.status import participants_of
 from cofe_cli.plan.workspaces import CollaboratorData
 
 SITES = ("site_a", "site_b")
@@ -196,10 +196,13 @@ def test_slurm_jobs_left_behind_by_a_killed_run_are_listed_and_cancelled(fed: Pa
     assert "CANCELLED (exit code 0, signal 15)" in after and "Nothing is running" in after
 
 
-def test_participant_of_reads_a_cofe_start_command_line() -> None:
-    assert participant_of(["python", "-m", "cofe_cli", "start", "aggregator", "--dir", "/f"]) == AGGREGATOR
-    assert participant_of(["cofe", "start", "collaborator", "site_a", "--dir", "/f"]) == "site_a"
-    assert participant_of(["cofe", "run", "--dir", "/start"]) is None
+def test_participants_of_reads_a_cofe_start_command_line() -> None:
+    assert participants_of(["python", "-m", "cofe_cli", "start", "aggregator", "--dir", "/f"]) == [AGGREGATOR]
+    assert participants_of(["cofe", "start", "collaborator", "site_a", "--dir", "/f"]) == ["site_a"]
+    assert participants_of(["cofe", "run", "--dir", "/start"]) == []
+    # A shared worker of `cofe run --workers` runs several sites.
+    assert participants_of(["python", "-m", "cofe_cli", "start", "worker", "--sites", "site_a,site_c", "--dir", "/f"]) == \
+        ["site_a", "site_c"]
 
 
 def test_a_run_still_initialising_its_federation_is_shown(tmp_path: Path, commands) -> None:

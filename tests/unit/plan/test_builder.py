@@ -18,6 +18,8 @@ from cofe_cli.plan.builder import (
     build_plan,
     check_plan_options,
     dump_yaml,
+    parse_on_off,
+    parse_validation_batch,
     render_cols,
     render_data_config,
 )
@@ -138,6 +140,70 @@ def test_every_algorithm_is_covered_here() -> None:
 def test_fedprox_takes_the_given_mu() -> None:
     plan = build_plan(minimal_config(), options(algorithm="fedprox", proximal_mu=0.5))
     assert plan["task_runner"]["settings"]["proximal_mu"] == 0.5
+
+
+@pytest.mark.parametrize(("given", "in_plan"), [("8", 8), (8, 8), (" 16 ", 16), ("gandlf", "gandlf"), ("GANDLF", "gandlf")])
+def test_the_validation_batch_goes_into_the_task_runner_settings(given, in_plan) -> None:
+    plan = build_plan(minimal_config(), options(validation_batch=parse_validation_batch(given)))
+    assert plan["task_runner"]["settings"]["validation_batch"] == in_plan
+    assert yaml.safe_load(dump_yaml(plan))["task_runner"]["settings"]["validation_batch"] == in_plan
+
+
+@pytest.mark.parametrize("given", ["auto", " AUTO ", None])
+def test_an_automatic_validation_batch_leaves_the_plan_as_it_was(given) -> None:
+    """auto is the task runner's default: the plan of a federation made before the option keeps its hash."""
+    plan = build_plan(minimal_config(), options(validation_batch=parse_validation_batch(given)))
+    assert "validation_batch" not in plan["task_runner"]["settings"]
+    assert dump_yaml(plan) == dump_yaml(build_plan(minimal_config(), options()))
+
+
+@pytest.mark.parametrize("given", ["0", "-4", "many", "", "2.5", "8 patches"])
+def test_a_bad_validation_batch_is_refused_with_a_hint(given) -> None:
+    with pytest.raises(CofeError, match="--validation-batch .* is not a batch size") as refused:
+        parse_validation_batch(given)
+    assert "auto" in refused.value.hint and "gandlf" in refused.value.hint
+    with pytest.raises(CofeError, match="is not a batch size"):
+        build_plan(minimal_config(), options(validation_batch=given))
+
+
+def test_the_default_plan_validates_the_global_and_the_locally_tuned_model() -> None:
+    plan = build_plan(minimal_config(), options())
+    assert tuple(plan["assigner"]["settings"]["task_groups"][0]["tasks"]) == TASK_NAMES
+    assert tuple(plan["tasks"]) == TASK_NAMES
+
+
+def test_without_local_validation_openfl_is_never_given_the_locally_tuned_validation() -> None:
+    plan = build_plan(minimal_config(), options(local_validation=False))
+    (group,) = plan["assigner"]["settings"]["task_groups"]
+    assert group["tasks"] == ["aggregated_model_validation", "train"]
+    assert list(plan["tasks"]) == ["aggregated_model_validation", "train"]
+    assert "locally_tuned_model_validation" not in dump_yaml(plan)
+    on = dump_yaml(build_plan(minimal_config(), options(local_validation=True)))
+    assert plan_hash(dump_yaml(plan)) != plan_hash(on)
+
+
+@pytest.mark.parametrize(("given", "expected"), [("on", True), ("OFF", False), (" off ", False)])
+def test_local_validation_is_on_or_off(given: str, expected: bool) -> None:
+    assert parse_on_off(given, option="--local-validation") is expected
+
+
+@pytest.mark.parametrize("given", ["", "no", "maybe", "0"])
+def test_local_validation_other_than_on_or_off_is_refused(given: str) -> None:
+    with pytest.raises(CofeError, match="--local-validation must be on or off") as refused:
+        parse_on_off(given, option="--local-validation")
+    assert refused.value.hint == "e.g. --local-validation off"
+
+
+def test_the_manifest_records_which_validations_run() -> None:
+    fields = dict(name="f", collaborators=("a",), rounds=1, aggregator_address="localhost", aggregator_port=1,
+                  algorithm="fedavg", plan_sha384="0" * 96, versions={})
+    off = Manifest(**fields, local_validation=False)
+    assert Manifest.from_dict(yaml.safe_load(yaml.safe_dump(off.to_dict()))) == off
+    assert off.validations == "aggregated model only" and off.tasks == ("aggregated_model_validation", "train")
+    on = Manifest(**fields)
+    assert on.validations == "aggregated + locally tuned" and on.tasks == TASK_NAMES
+    assert "local_validation" not in on.to_dict()  # as a manifest written before the choice existed: both ran
+    assert Manifest.from_dict(on.to_dict()).local_validation is True
 
 
 def test_proximal_mu_with_a_non_fedprox_algorithm_is_not_silently_applied() -> None:

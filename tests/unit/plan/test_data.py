@@ -6,9 +6,9 @@ import csv
 from pathlib import Path
 
 import pytest
+from cli_assertions import call_refused
 from volumes import write_volume
 
-from cofe_cli.errors import CofeError
 from cofe_cli.federation import check_collaborator_name
 from cofe_cli.plan.data import check_csv, check_data_folder, problem_type_of, split_csv
 
@@ -54,13 +54,6 @@ def segmentation_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def refused(call, *args, **kwargs) -> CofeError:
-    with pytest.raises(CofeError) as error:
-        call(*args, **kwargs)
-    assert error.value.hint, "every refusal says what to do"
-    return error.value
-
-
 # ---------------------------------------------------------------- check_data_folder
 
 
@@ -88,14 +81,14 @@ def test_relative_paths_are_read_from_the_csv_folder(tmp_path: Path, monkeypatch
 
 
 def test_missing_folder(tmp_path: Path) -> None:
-    error = refused(check_data_folder, tmp_path / "nowhere", problem_type="segmentation")
+    error = call_refused(check_data_folder, tmp_path / "nowhere", problem_type="segmentation")
     assert "data folder does not exist" in error.message and "nowhere" in error.message
 
 
 @pytest.mark.parametrize("absent", ["train.csv", "valid.csv"])
 def test_missing_csv(segmentation_folder: Path, absent: str) -> None:
     (segmentation_folder / absent).unlink()
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation")
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation")
     assert f"has no {absent}" in error.message
 
 
@@ -112,33 +105,33 @@ def test_missing_csv(segmentation_folder: Path, absent: str) -> None:
 )
 def test_missing_column(segmentation_folder: Path, problem_type: str, header: list[str], missing: str) -> None:
     write_csv(segmentation_folder / "train.csv", header, [["x"] * len(header)])
-    error = refused(check_data_folder, segmentation_folder, problem_type=problem_type)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type=problem_type)
     assert "train.csv lacks column(s)" in error.message and missing in error.message
     assert missing in error.hint
 
 
 def test_channel_count_must_match_the_model(segmentation_folder: Path) -> None:
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=1)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=1)
     assert "2 image channel column(s) but the model expects 1" in error.message
 
 
 @pytest.mark.parametrize("content", ["", "SubjectID,Channel_0,Channel_1,Label\n"], ids=["empty-file", "header-only"])
 def test_empty_csv(segmentation_folder: Path, content: str) -> None:
     (segmentation_folder / "valid.csv").write_text(content)
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
     assert "valid.csv" in error.message
 
 
 def test_header_only_csv_says_it_lists_no_subjects(segmentation_folder: Path) -> None:
     write_csv(segmentation_folder / "valid.csv", SEGMENTATION_HEADER, [])
-    assert "lists no subjects" in refused(check_data_folder, segmentation_folder, problem_type="segmentation").message
+    assert "lists no subjects" in call_refused(check_data_folder, segmentation_folder, problem_type="segmentation").message
 
 
 def test_a_listed_file_that_does_not_exist_names_the_line(segmentation_folder: Path) -> None:
     rows = segmentation_rows(segmentation_folder, ["s1", "s2"])
     rows[1][2] = str(segmentation_folder / "images" / "s2" / "gone.nii.gz")
     write_csv(segmentation_folder / "train.csv", SEGMENTATION_HEADER, rows)
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
     # Line 1 is the header, so the second subject is line 3.
     assert f"{segmentation_folder / 'train.csv'}:3: Channel_1 file does not exist" in error.message
     assert "gone.nii.gz" in error.message
@@ -146,7 +139,7 @@ def test_a_listed_file_that_does_not_exist_names_the_line(segmentation_folder: P
 
 def test_a_missing_label_file_is_found_too(segmentation_folder: Path) -> None:
     (segmentation_folder / "images" / "s4" / "seg.nii.gz").unlink()
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
     assert "valid.csv:2: Label file does not exist" in error.message
 
 
@@ -154,7 +147,7 @@ def test_an_empty_cell_is_refused(segmentation_folder: Path) -> None:
     rows = segmentation_rows(segmentation_folder, ["s1"])
     rows[0][1] = ""
     write_csv(segmentation_folder / "train.csv", SEGMENTATION_HEADER, rows)
-    assert "train.csv:2: column Channel_0 is empty" in refused(
+    assert "train.csv:2: column Channel_0 is empty" in call_refused(
         check_data_folder, segmentation_folder, problem_type="segmentation").message
 
 
@@ -162,7 +155,7 @@ def test_a_csv_that_is_not_utf8_names_the_file_and_line(segmentation_folder: Pat
     """It used to end in a UnicodeDecodeError traceback."""
     csv_path = segmentation_folder / "train.csv"
     csv_path.write_bytes(csv_path.read_bytes() + "s9,caf\xe9.nii.gz,b.nii.gz,c.nii.gz\n".encode("latin-1"))
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
     assert error.message.startswith(f"{csv_path}:5: not UTF-8 text (byte 0xe9 at offset ")
     assert "UTF-8" in error.hint
 
@@ -171,7 +164,7 @@ def test_a_csv_that_is_not_utf8_names_the_file_and_line(segmentation_folder: Pat
                          ids=["text", "empty", "broken-gzip"])
 def test_a_listed_file_that_is_no_image_is_refused(segmentation_folder: Path, content: bytes) -> None:
     (segmentation_folder / "images" / "s4" / "t2.nii.gz").write_bytes(content)
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
     assert error.message == (f"{segmentation_folder / 'valid.csv'}:2: Channel_1 is not an image file that can be read: "
                              f"{segmentation_folder / 'images' / 's4' / 't2.nii.gz'}")
 
@@ -179,13 +172,13 @@ def test_a_listed_file_that_is_no_image_is_refused(segmentation_folder: Path, co
 def test_a_system_file_listed_as_image_is_refused(segmentation_folder: Path) -> None:
     write_csv(segmentation_folder / "valid.csv", SEGMENTATION_HEADER,
               [["s4", "/etc/passwd", str(touch(segmentation_folder / "t2.nii.gz")), str(touch(segmentation_folder / "l.nii.gz"))]])
-    assert "Channel_0 is not an image file that can be read: /etc/passwd" in refused(
+    assert "Channel_0 is not an image file that can be read: /etc/passwd" in call_refused(
         check_data_folder, segmentation_folder, problem_type="segmentation").message
 
 
 def test_a_label_of_another_size_than_its_image_is_refused(segmentation_folder: Path) -> None:
     write_volume(segmentation_folder / "images" / "s2" / "seg.nii.gz", (16, 16, 15))
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
     assert error.message == (f"{segmentation_folder / 'train.csv'}:3: Label is 16x16x15 voxels but Channel_0 is "
                              "16x16x16 (subject s2)")
 
@@ -197,7 +190,7 @@ def test_the_summary_has_the_smallest_volume(segmentation_folder: Path) -> None:
 
 
 def test_a_patch_larger_than_volumes_is_refused_without_padding(segmentation_folder: Path) -> None:
-    error = refused(check_data_folder, segmentation_folder, problem_type="segmentation", patch_size=(32, 16, 8))
+    error = call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", patch_size=(32, 16, 8))
     assert error.message == (f"patch_size [32, 16, 8] is larger than 5 of the 5 volume(s) in {segmentation_folder} "
                              "(down to 16x16x16 voxels): GaNDLF's patch sampler fails on them")
     assert "at most [16, 16, 8]" in error.hint and "enable_padding: true" in error.hint
@@ -217,18 +210,18 @@ def test_a_2d_patch_is_compared_with_2d_images(tmp_path: Path) -> None:
     write_csv(folder / "train.csv", ["SubjectID", "Channel_0", "Label"], rows[:1])
     write_csv(folder / "valid.csv", ["SubjectID", "Channel_0", "Label"], rows[1:])
     assert check_data_folder(folder, problem_type="segmentation", patch_size=(48, 48, 1)).smallest_volume == (64, 48)
-    assert "at most [64, 48, 1]" in refused(check_data_folder, folder, problem_type="segmentation", patch_size=(64, 64, 1)).hint
+    assert "at most [64, 48, 1]" in call_refused(check_data_folder, folder, problem_type="segmentation", patch_size=(64, 64, 1)).hint
 
 
 def test_a_split_csv_checks_the_patch_before_writing(one_csv: Path, tmp_path: Path) -> None:
-    refused(split_csv, one_csv, tmp_path / "out", problem_type="segmentation", patch_size=(64, 64, 64))
+    call_refused(split_csv, one_csv, tmp_path / "out", problem_type="segmentation", patch_size=(64, 64, 64))
     assert not (tmp_path / "out").exists()
 
 
 def test_a_row_with_too_many_fields_is_a_cofe_error(segmentation_folder: Path) -> None:
     rows = segmentation_rows(segmentation_folder, ["s1"])
     write_csv(segmentation_folder / "train.csv", SEGMENTATION_HEADER, [rows[0] + ["extra"]])
-    refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
+    call_refused(check_data_folder, segmentation_folder, problem_type="segmentation", channels=2)
 
 
 # ---------------------------------------------------------------- split_csv
@@ -290,7 +283,7 @@ def test_split_refuses_fewer_than_two_subjects(tmp_path: Path) -> None:
     folder = tmp_path / "raw"
     rows = segmentation_rows(folder, ["only"]) * 3
     path = write_csv(folder / "one.csv", SEGMENTATION_HEADER, rows)
-    error = refused(split_csv, path, tmp_path / "out", problem_type="segmentation")
+    error = call_refused(split_csv, path, tmp_path / "out", problem_type="segmentation")
     assert "1 subject(s)" in error.message and "at least 2" in error.message
     assert not (tmp_path / "out").exists()
 
@@ -298,7 +291,7 @@ def test_split_refuses_fewer_than_two_subjects(tmp_path: Path) -> None:
 def test_split_checks_the_csv_first(tmp_path: Path) -> None:
     folder = tmp_path / "raw"
     path = write_csv(folder / "bad.csv", ["SubjectID", "Channel_0"], [["a", "x"], ["b", "y"]])
-    assert "lacks column(s) Label" in refused(split_csv, path, tmp_path / "out", problem_type="segmentation").message
+    assert "lacks column(s) Label" in call_refused(split_csv, path, tmp_path / "out", problem_type="segmentation").message
     assert not (tmp_path / "out").exists()
 
 
@@ -335,7 +328,7 @@ def test_undecided_problem_type_takes_label_or_value_from_the_csv(tmp_path: Path
     neither = write_csv(tmp_path / "none.csv", ["SubjectID", "Channel_0"], [["a", "img.nii.gz"]])
     assert check_csv(labelled, problem_type=None)[0].label == "Label"
     assert check_csv(valued, problem_type=None)[0].values == ("ValueToPredict",)
-    assert "neither a Label nor a ValueToPredict" in refused(check_csv, neither, problem_type=None).message
+    assert "neither a Label nor a ValueToPredict" in call_refused(check_csv, neither, problem_type=None).message
 
 
 # GaNDLF 0.1.5's segmentation metric names (GANDLF/utils/parameter_processing.py: the dice names plus
@@ -377,15 +370,15 @@ def test_good_collaborator_names(name: str) -> None:
     ids=["empty", "aggregator", "uppercase", "slash", "dotdot", "leading-underscore", "space", "64-chars"],
 )
 def test_bad_collaborator_names(name: str, in_message: str) -> None:
-    assert in_message in refused(check_collaborator_name, name).message
+    assert in_message in call_refused(check_collaborator_name, name).message
 
 
 def test_uppercase_name_hint_suggests_the_lowercase_name() -> None:
-    assert "'hospital_a'" in refused(check_collaborator_name, "Hospital_A").hint
+    assert "'hospital_a'" in call_refused(check_collaborator_name, "Hospital_A").hint
 
 
 @pytest.mark.parametrize("name", ["Aggregator", "x" * 64, "y" * 80], ids=["Aggregator", "64-chars", "80-chars"])
 def test_suggested_name_is_itself_accepted(name: str) -> None:
-    hint = refused(check_collaborator_name, name).hint
+    hint = call_refused(check_collaborator_name, name).hint
     suggestion = hint.rsplit("e.g. ", 1)[1].strip("'")
     assert check_collaborator_name(suggestion) == suggestion

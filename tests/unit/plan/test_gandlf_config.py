@@ -138,6 +138,12 @@ TRAINING_CONFIG_QUIRKS = {
         cfg["model"].get("final_layer") not in (None, "None")
         and cfg["model"]["final_layer"] != cfg["model"]["final_layer"].lower()
     ),
+    "'None' written as text": lambda name, cfg: "None" in (cfg.get("q_num_workers"), cfg["model"].get("base_filters")),
+    "a number written as text": lambda name, cfg: isinstance(cfg.get("batch_size"), str),
+    "top-level enable_padding (GaNDLF 0.0.14)": lambda name, cfg: "enable_padding" in cfg,
+    "opt instead of optimizer": lambda name, cfg: "opt" in cfg,
+    "problem_type contradicting the metrics' type": lambda name, cfg: cfg.get("problem_type") == "classification",
+    "no metrics": lambda name, cfg: "metrics" not in cfg,
     "2D": lambda name, cfg: cfg["model"].get("dimension") == 2,
     "3D": lambda name, cfg: cfg["model"].get("dimension") == 3,
     "classification": lambda name, cfg: "classification" in name,
@@ -441,7 +447,7 @@ def test_norm_type_none_is_refused_for_non_vgg() -> None:
     assert "norm_type" not in normalised(model={"norm_type": None})["model"]
 
 
-@pytest.mark.parametrize("key", ["patch_size", "loss_function", "metrics"])
+@pytest.mark.parametrize("key", ["patch_size", "loss_function"])
 def test_required_modelling_choices_are_asked_for(key: str) -> None:
     with pytest.raises(CofeError, match=f"no `{key}`"):
         normalised(**{key: DROP})
