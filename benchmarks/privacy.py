@@ -1,4 +1,5 @@
-"""What differential privacy costs on the demo: the demo federation (2 sites, 3 rounds) run twice in one
+"""What differential privacy costs on the demo: the demo federation (`cofe demo`'s 3 sites, data and config,
+3 rounds) run twice in one
 go, without DP and with DP-SGD (noise multiplier 1.0, max_grad_norm 1.0, rdp accountant, delta 1e-5).
 
 For each: the mean round time (rounds after the first, from the aggregator's event log), the final
@@ -58,6 +59,7 @@ def measure(root: Path, name: str, config: dict, sites: dict, rounds: int) -> di
 
 
 def main() -> None:
+    from cofe_cli.commands.demo import DEMO_SITES
     from cofe_cli.demo.synthetic import demo_gandlf_config, make_demo_federation_data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,14 +69,14 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="cofe-privacy-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        sites = make_demo_federation_data(root / "data", ["site_a", "site_b"])
+        sites = make_demo_federation_data(root / "data", list(DEMO_SITES))
         config = demo_gandlf_config()
         results = {"without DP": measure(root, "plain", config, sites, args.rounds),
                    "with DP (noise 1.0)": measure(root, "dp", {**config, "differential_privacy": DP}, sites, args.rounds)}
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"demo, 2 sites, {args.rounds} rounds")
+    print(f"demo, {len(DEMO_SITES)} sites, {args.rounds} rounds")
     print(f"{'':22} {'round (s)':>10}  {'final metric':>14}  epsilon after round {args.rounds}")
     for name, result in results.items():
         epsilon = ", ".join(f"{site} {value:.3f}" for site, value in sorted(result["epsilon"].items())) or "-"

@@ -242,6 +242,16 @@ def check_initial_model(model: Path, manifest: Manifest) -> None:
                              "or at the coordinator copy plans/init.pbuf to workspaces/aggregator/save/init.pbuf")
 
 
+def task_runner_settings(layout: FederationLayout) -> dict:
+    """The plan's task runner settings: the GaNDLF config the federation trains with (`gandlf_config`, with
+    its differential_privacy section), instance_norm_statistics, ...; {} without a plan."""
+    try:
+        plan = yaml.safe_load((layout.plans / PLAN_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return ((plan.get("task_runner") or {}).get("settings")) or {}
+
+
 def check_plan_unchanged(layout: FederationLayout, manifest: Manifest) -> None:
     plan_file = layout.plans / PLAN_FILE
     try:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from cofe_cli.console import console
 from cofe_cli.engine.gandlf_model import BEST_SUFFIX, CONFIG_FILE, LATEST_SUFFIX, MODEL_DIR  # names only: no torch
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import FederationLayout
+from cofe_cli.federation import FederationLayout, task_runner_settings
 from cofe_cli.fsutil import staged_dir
 
 CHECKPOINTS = {"best": BEST_SUFFIX, "final": LATEST_SUFFIX}
@@ -39,7 +39,16 @@ def infer(
                         hint=f"train the federation first: `cofe run --dir {layout.root}`")
     config = yaml.safe_load(config_file.read_text()) or {}
     checkpoint = _checkpoint(model_dir, config, model)
-    norm = validation_norm or _federation_norm(layout)
+    settings = task_runner_settings(layout)
+    norm = validation_norm or settings.get("instance_norm_statistics", "running")
+    trained_with_dp = bool((settings.get("gandlf_config") or {}).get("differential_privacy"))
+    if trained_with_dp:
+        # Opacus's fix turned the instance norms' running statistics off: a DP-trained model has none, and
+        # normalised with each input's own in training and validation alike.
+        if validation_norm == "running":
+            raise CofeError("--validation-norm running: a model trained with differential privacy has no running "
+                            "instance-norm statistics (Opacus turns them off)", hint="leave out --validation-norm")
+        norm = "input"
     if norm not in NORMS:
         raise CofeError(f"--validation-norm must be input or running, not {norm!r}", hint="e.g. --validation-norm input")
     data_csv = data_csv.expanduser()
@@ -56,7 +65,8 @@ def infer(
             from cofe_cli.engine.participant import quiet
 
             with quiet():
-                metrics = run_inference(checkpoint, config_file, data_csv.resolve(), stage, instance_norm_statistics=norm)
+                metrics = run_inference(checkpoint, config_file, data_csv.resolve(), stage, instance_norm_statistics=norm,
+                                        trained_with_dp=trained_with_dp)
     masks = sorted(out.rglob("*_seg*"))
     console.print(f"[green]Predictions[/] for {len(masks)} subject(s) in {escape(str(out))} "
                   f"({time.monotonic() - started:.0f} s, {norm} instance-norm statistics)")
@@ -74,8 +84,3 @@ def _checkpoint(model_dir: Path, config: dict, model: str) -> Path:
     if not path.is_file():
         raise CofeError(f"--model {model}: no such file", hint="give best, final, or a GaNDLF checkpoint (.pth.tar)")
     return path.resolve()
-
-
-def _federation_norm(layout: FederationLayout) -> str:
-    plan = yaml.safe_load((layout.plans / "plan.yaml").read_text()) or {}
-    return plan.get("task_runner", {}).get("settings", {}).get("instance_norm_statistics", "running")

@@ -36,6 +36,10 @@ def inference_config(gandlf_config: dict) -> dict:
     current folder instead of the one the user named."""
     config = copy.deepcopy(gandlf_config)
     config.pop("output_dir", None)
+    # GaNDLF 0.1.5's inference crashes on a config with differential_privacy (its lightning module calls
+    # a missing _initialize_inference_differential_privacy); the weights carry no Opacus names to strip.
+    # The federation's plan keeps the section (federation.task_runner_settings).
+    config.pop("differential_privacy", None)
     return config
 
 
@@ -116,7 +120,7 @@ def _silenced_fds(*fds: int):
 
 
 def infer(checkpoint_file: Path, config_file: Path, csv_file: Path, out_dir: Path, *,
-          instance_norm_statistics: str) -> dict[str, float]:
+          instance_norm_statistics: str, trained_with_dp: bool = False) -> dict[str, float]:
     """GaNDLF's own inference path (its testing loader and validate_network in inference mode, as its
     legacy inference_loop does) with the federation's instance-norm choice. Masks land in
     out_dir/testing/<subject>/; returns the metrics when the CSV has labels, else {}."""
@@ -142,7 +146,14 @@ def infer(checkpoint_file: Path, config_file: Path, csv_file: Path, out_dir: Pat
             params.setdefault(key, None)
         model, _, _, _, _, params = create_pytorch_objects(params, device=params.get("device", "cpu"))
         state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model_state_dict"])
+        if trained_with_dp:
+            from cofe_cli.engine import privacy
+
+            # The layers the federation trained (Opacus's fix), not GaNDLF's plain ones.
+            model = privacy.trained_architecture(model, params)
+            privacy.load_trained_state(model, state["model_state_dict"])
+        else:
+            model.load_state_dict(state["model_state_dict"])
         use_instance_norm_statistics(model, instance_norm_statistics)
         _, metrics = validate_network(model, get_testing_loader(params), None, params, mode="inference")
     return {name: float(value) for name, value in (metrics or {}).items() if _is_number(value)}

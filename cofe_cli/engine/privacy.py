@@ -46,15 +46,12 @@ def make_compatible(model, optimizer, scheduler, params: dict):
     task runner is built, so the initial model, every site and the aggregator share the fixed
     architecture. A replaced module has new parameters: the optimizer and scheduler are rebuilt on them."""
     from GANDLF.optimizers import get_optimizer
-    from GANDLF.privacy.opacus import opacus_model_fix
     from GANDLF.schedulers import get_scheduler
     from opacus.validators import ModuleValidator
 
     if not ModuleValidator.validate(model, strict=False):
         return model, optimizer, scheduler
-    with _trusting_torch_load():
-        model = opacus_model_fix(model, params)
-    _drop_untracked_running_statistics(model)
+    model = trained_architecture(model, params)
     params["model_parameters"] = model.parameters()
     optimizer = get_optimizer(params)
     if scheduler is not None:
@@ -63,6 +60,40 @@ def make_compatible(model, optimizer, scheduler, params: dict):
     for key in ("model_parameters", "optimizer_object"):
         params.pop(key, None)
     return model, optimizer, scheduler
+
+
+def trained_architecture(model, params: dict):
+    """GaNDLF's model as a DP federation trains it: Opacus's fix applied (what make_compatible does at
+    every site), for inference of a DP-trained model with the layers it was trained with."""
+    from GANDLF.privacy.opacus import opacus_model_fix
+
+    with _trusting_torch_load():
+        model = opacus_model_fix(model, params)
+    _drop_untracked_running_statistics(model)
+    return model
+
+
+def for_gandlf_inference(model_state: dict, params: dict) -> dict:
+    """A DP-trained model's state as GaNDLF's plain architecture names it, for `gandlf run --infer`, which
+    builds the model without Opacus's fix: every buffer that architecture has and the DP model lacks
+    (the running statistics the fix turned off) at its initial value, as GaNDLF's own DP training leaves
+    them (Opacus's fix keeps those buffers, untouched). GaNDLF's CLI then normalises with those neutral
+    statistics; `cofe infer` normalises as the federation did (each input's own statistics)."""
+    from GANDLF.models import get_model
+
+    plain = get_model(params).state_dict()
+    return {**{name: value.clone() for name, value in plain.items() if name not in model_state}, **model_state}
+
+
+def load_trained_state(model, model_state: dict) -> None:
+    """Load a DP-trained model's state (with or without for_gandlf_inference's filled-in buffers) into
+    trained_architecture's model: nothing of the model may be missing; only those buffers may be extra."""
+    result = model.load_state_dict(model_state, strict=False)
+    extra = [name for name in result.unexpected_keys
+             if name.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")]
+    if result.missing_keys or extra:
+        raise RuntimeError(f"the checkpoint does not fit the DP-trained architecture: missing {result.missing_keys}, "
+                           f"unexpected {extra}")
 
 
 def _drop_untracked_running_statistics(model) -> None:

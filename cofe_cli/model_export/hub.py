@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from cofe_cli.errors import CofeError
-from cofe_cli.federation import FederationLayout
+from cofe_cli.federation import FederationLayout, task_runner_settings
 from cofe_cli.engine.gandlf_model import BEST_SUFFIX, CONFIG_FILE, LATEST_SUFFIX, MODEL_DIR  # names only: no torch
 from cofe_cli.fsutil import staged_dir
 from cofe_cli.launch.report import EVALUATION_FILE, METRICS_FILE
@@ -50,6 +50,8 @@ def package_for_hub(layout: FederationLayout, out: Path, *, force: bool = False,
         raise CofeError(f"--out {out} would replace the federation or a part of it",
                         hint="write the package to a folder of its own, e.g. --out ./model-package")
     gandlf_config = yaml.safe_load((model_dir / CONFIG_FILE).read_text()) or {}
+    # The exported config leaves differential_privacy out (GaNDLF's inference crashes on it): the plan has it.
+    privacy = (task_runner_settings(layout).get("gandlf_config") or {}).get("differential_privacy")
     architecture = (gandlf_config.get("model") or {}).get("architecture", "")
     checkpoints = [f"{architecture}{suffix}" for suffix in CHECKPOINT_SUFFIXES if (model_dir / f"{architecture}{suffix}").is_file()]
     if not checkpoints:
@@ -65,11 +67,11 @@ def package_for_hub(layout: FederationLayout, out: Path, *, force: bool = False,
             "federation": manifest.name, "plan_sha384": manifest.plan_sha384, "rounds": manifest.rounds,
             "algorithm": manifest.algorithm, "sites": len(manifest.collaborators),
             "site_names": list(manifest.collaborators) if name_sites else None, "versions": manifest.versions,
-            "differential_privacy": gandlf_config.get("differential_privacy"), "secure_aggregation": False,
+            "differential_privacy": privacy, "secure_aggregation": False,
         }
         (stage / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         files = sorted([*(p.name for p in stage.iterdir()), "README.md"])
-        card = model_card(manifest=manifest, gandlf_config=gandlf_config,
+        card = model_card(manifest=manifest, gandlf_config={**gandlf_config, "differential_privacy": privacy},
                           metrics_rows=read_csv_rows(layout.results / METRICS_FILE),
                           evaluation_rows=read_csv_rows(layout.results / EVALUATION_FILE), files=files,
                           name_sites=name_sites)

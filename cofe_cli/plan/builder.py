@@ -276,6 +276,10 @@ def _privacy_settings(gandlf_config: dict, options: PlanOptions, fedprox: bool) 
         # proximal term cofe adds to the gradient would be silently discarded.
         raise CofeError("FedProx cannot be combined with differential privacy in cofe (Opacus would drop its proximal term)",
                         hint="use --algorithm fedavg, median or geometric-median with differential_privacy")
+    if options.instance_norm_statistics == "running":
+        # Opacus's fix turns the instance norms' running statistics off (they would leak data without noise).
+        raise CofeError("--validation-norm running cannot be combined with differential privacy: the DP-trained model "
+                        "keeps no running instance-norm statistics", hint="leave out --validation-norm (input is the default)")
     settings = {"privacy_planned_epochs": options.rounds * options.epochs_per_round}
     if options.max_epsilon is not None:
         settings["max_epsilon"] = float(options.max_epsilon)

@@ -5,6 +5,11 @@ accountant; and the training really clips per-sample gradients and adds noise of
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -61,6 +66,31 @@ def test_dp_federation_reports_each_sites_growing_epsilon(tmp_path, site_data, f
     state = torch.load(fed / "results" / "final_model.pt", map_location="cpu", weights_only=True)["model_state_dict"]
     assert state and not any("_module." in name for name in state)
     load_model(fed / "workspaces" / "aggregator", fed / "results" / "final_model.pt")
+
+    # GaNDLF's own CLI loads the model directory (its plain architecture, with the running statistics
+    # Opacus's fix turned off at their initial values), and `cofe infer` predicts with the layers the
+    # federation trained, as it validated: each input's own statistics.
+    model_dir = tmp_path / "gandlf_model"  # a copy: GaNDLF writes its masks below the model directory
+    shutil.copytree(fed / "results" / "gandlf_model", model_dir)
+    # GaNDLF 0.1.5's inference crashes on a config that asks for DP: the exported one leaves it out.
+    assert "differential_privacy" not in yaml.safe_load((model_dir / "config.yaml").read_text())
+    site_csv = site_data["site_a"] / "valid.csv"
+    gandlf = Path(sys.executable).with_name("gandlf")
+    done = subprocess.run([str(gandlf), "run", "-c", str(model_dir / "config.yaml"), "-i", str(site_csv), "--infer",
+                           "-m", str(model_dir), "-o", str(tmp_path / "gandlf_out")], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list((model_dir / "output_inference").rglob("*_seg*.nii.gz"))
+    inferred = cofe("infer", "--dir", fed, "--data", site_csv, "--out", tmp_path / "cofe_out")
+    assert inferred.returncode == 0, inferred.stdout + inferred.stderr
+    assert "input instance-norm statistics" in inferred.stdout
+    dice = float(next(line for line in inferred.stdout.splitlines() if line.strip().startswith("dice:")).split(":")[1])
+    validated = [e["value"] for e in events if e.get("event") == "metric" and e["collaborator"] == "site_a"
+                 and e["task"] == "aggregated_model_validation" and e["metric"] == "valid_dice"]
+    # The best model is one the federation validated: its Dice at site_a is one of those rounds'.
+    assert any(abs(dice - value) < 1e-4 for value in validated), (dice, validated)
+    refused = cofe("infer", "--dir", fed, "--data", site_csv, "--out", tmp_path / "running", "--validation-norm", "running")
+    assert refused.returncode == 2 and "has no running instance-norm statistics" in refused.stderr
 
 
 # --- engine level: one site's task runner, as OpenFL's collaborator drives it ---------------------

@@ -96,6 +96,10 @@ def test_fedprox_with_dp_is_refused(tmp_path):
     refused(_init(tmp_path, GANDLF_DP, "--algorithm", "fedprox"), "FedProx cannot be combined with differential privacy")
 
 
+def test_running_norm_statistics_with_dp_are_refused(tmp_path):
+    refused(_init(tmp_path, GANDLF_DP, "--validation-norm", "running"), "--validation-norm running cannot be combined")
+
+
 def test_the_secure_aggregation_option_is_refused_with_the_reason(tmp_path):
     result = _init(tmp_path, GANDLF_DP, "--secure-aggregation")
     refused(result, "reconstructs every site's secrets during set-up")
