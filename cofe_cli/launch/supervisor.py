@@ -137,11 +137,13 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
         if live:
             live.start()
         while True:
+            # States first, then the events: whatever a participant logged before it was seen dead is applied
+            # before its death is reported (its loss then names the round it was in).
+            states = launcher.states()
             for event in events.new_events():
                 line = progress.apply(event)
                 if line and not live:
                     console.print(line)
-            states = launcher.states()
             progress.update_states(states)
             aggregator = states.get(AGGREGATOR)
             if aggregator is not None and aggregator.returncode not in (None, 0):
