@@ -41,8 +41,8 @@ def infer(
     checkpoint = _checkpoint(model_dir, config, model)
     settings = task_runner_settings(layout)
     norm = validation_norm or settings.get("instance_norm_statistics", "running")
-    trained_with_dp = bool((settings.get("gandlf_config") or {}).get("differential_privacy"))
-    if trained_with_dp:
+    differential_privacy = (settings.get("gandlf_config") or {}).get("differential_privacy") or None
+    if differential_privacy:
         # Opacus's fix turned the instance norms' running statistics off: a DP-trained model has none, and
         # normalised with each input's own in training and validation alike.
         if validation_norm == "running":
@@ -66,7 +66,7 @@ def infer(
 
             with quiet():
                 metrics = run_inference(checkpoint, config_file, data_csv.resolve(), stage, instance_norm_statistics=norm,
-                                        trained_with_dp=trained_with_dp)
+                                        differential_privacy=differential_privacy)
     masks = sorted(out.rglob("*_seg*"))
     console.print(f"[green]Predictions[/] for {len(masks)} subject(s) in {escape(str(out))} "
                   f"({time.monotonic() - started:.0f} s, {norm} instance-norm statistics)")

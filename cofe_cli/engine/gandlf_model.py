@@ -120,7 +120,7 @@ def _silenced_fds(*fds: int):
 
 
 def infer(checkpoint_file: Path, config_file: Path, csv_file: Path, out_dir: Path, *,
-          instance_norm_statistics: str, trained_with_dp: bool = False) -> dict[str, float]:
+          instance_norm_statistics: str, differential_privacy: dict | None = None) -> dict[str, float]:
     """GaNDLF's own inference path (its testing loader and validate_network in inference mode, as its
     legacy inference_loop does) with the federation's instance-norm choice. Masks land in
     out_dir/testing/<subject>/; returns the metrics when the CSV has labels, else {}."""
@@ -146,9 +146,10 @@ def infer(checkpoint_file: Path, config_file: Path, csv_file: Path, out_dir: Pat
             params.setdefault(key, None)
         model, _, _, _, _, params = create_pytorch_objects(params, device=params.get("device", "cpu"))
         state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-        if trained_with_dp:
+        if differential_privacy:  # the plan's section: the exported config leaves it out (inference_config)
             from cofe_cli.engine import privacy
 
+            params["differential_privacy"] = differential_privacy
             # The layers the federation trained (Opacus's fix), not GaNDLF's plain ones.
             model = privacy.trained_architecture(model, params)
             privacy.load_trained_state(model, state["model_state_dict"])

@@ -262,7 +262,13 @@ def write_evaluated_model(workspace: Path, source: Path, output: Path) -> None:
                 tensor_dict, _ = utils.deconstruct_model_proto(utils.load_proto(str(source)), plan.get_tensor_pipe())
             else:
                 state = torch.load(source, map_location="cpu", weights_only=False)
-                task_runner.model.load_state_dict(state.get("model_state_dict", state) if isinstance(state, dict) else state)
+                state = state.get("model_state_dict", state) if isinstance(state, dict) else state
+                if task_runner.dp:  # a DP model: also the GaNDLF directory's checkpoints, with GaNDLF's buffers
+                    from cofe_cli.engine.privacy import load_trained_state
+
+                    load_trained_state(task_runner.model, state)
+                else:
+                    task_runner.model.load_state_dict(state)
                 tensor_dict, _ = split_tensor_dict_for_holdouts(task_runner.get_tensor_dict(False),
                                                                 **task_runner.tensor_dict_split_fn_kwargs)
         except Exception as exc:  # protobuf, pickle and state-dict errors alike: not a model of this plan

@@ -87,13 +87,18 @@ def for_gandlf_inference(model_state: dict, params: dict) -> dict:
 
 def load_trained_state(model, model_state: dict) -> None:
     """Load a DP-trained model's state (with or without for_gandlf_inference's filled-in buffers) into
-    trained_architecture's model: nothing of the model may be missing; only those buffers may be extra."""
-    result = model.load_state_dict(model_state, strict=False)
-    extra = [name for name in result.unexpected_keys
-             if name.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")]
-    if result.missing_keys or extra:
-        raise RuntimeError(f"the checkpoint does not fit the DP-trained architecture: missing {result.missing_keys}, "
-                           f"unexpected {extra}")
+    trained_architecture's model: nothing of the model may be missing; only those buffers may be extra
+    (torch refuses them even with strict=False, so they are left out)."""
+    own = model.state_dict()
+    missing = [name for name in own if name not in model_state]
+    unknown = [name for name in model_state if name not in own and name.rsplit(".", 1)[-1] not in RUNNING_STATISTICS]
+    if missing or unknown:
+        raise RuntimeError(f"the checkpoint does not fit the DP-trained architecture: missing {missing[:3]}, "
+                           f"unexpected {unknown[:3]}")
+    model.load_state_dict({name: value for name, value in model_state.items() if name in own})
+
+
+RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _drop_untracked_running_statistics(model) -> None:
@@ -104,7 +109,7 @@ def _drop_untracked_running_statistics(model) -> None:
 
     for module in model.modules():
         if isinstance(module, _InstanceNorm) and not module.track_running_stats:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
+            for name in RUNNING_STATISTICS:
                 if getattr(module, name, None) is not None:
                     module.register_buffer(name, None)
 

@@ -89,6 +89,12 @@ def test_dp_federation_reports_each_sites_growing_epsilon(tmp_path, site_data, f
                  and e["task"] == "aggregated_model_validation" and e["metric"] == "valid_dice"]
     # The best model is one the federation validated: its Dice at site_a is one of those rounds'.
     assert any(abs(dice - value) < 1e-4 for value in validated), (dice, validated)
+    # `cofe evaluate --model` takes the GaNDLF directory's checkpoint of a DP model too.
+    from cofe_cli.engine.participant import write_evaluated_model
+
+    best = next((fed / "results" / "gandlf_model").glob("*_best.pth.tar"))
+    write_evaluated_model(fed / "workspaces" / "aggregator", best, tmp_path / "evaluated.pbuf")
+    assert (tmp_path / "evaluated.pbuf").stat().st_size > 0
     refused = cofe("infer", "--dir", fed, "--data", site_csv, "--out", tmp_path / "running", "--validation-norm", "running")
     assert refused.returncode == 2 and "has no running instance-norm statistics" in refused.stderr
 
