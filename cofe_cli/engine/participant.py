@@ -231,10 +231,11 @@ def export_native_models(plan) -> None:
             models[kind] = copy.deepcopy({"model_state_dict": task_runner.model.state_dict(),
                                           "optimizer_state_dict": task_runner.optimizer.state_dict()})
     if models and task_runner.dp:
-        from cofe_cli.engine.privacy import for_gandlf_inference
+        from cofe_cli.engine.privacy import gandlf_inference_buffers
 
         for state in models.values():
-            state["model_state_dict"] = for_gandlf_inference(state["model_state_dict"], task_runner.params)
+            state["model_state_dict"] = {**gandlf_inference_buffers(state["model_state_dict"], task_runner.params),
+                                         **state["model_state_dict"]}
     if models:
         write_model_dir(Path(settings["last_state_path"]).parent / MODEL_DIR, models=models,
                         gandlf_config=plan.config["task_runner"]["settings"]["gandlf_config"],

@@ -73,20 +73,20 @@ def trained_architecture(model, params: dict):
     return model
 
 
-def for_gandlf_inference(model_state: dict, params: dict) -> dict:
-    """A DP-trained model's state as GaNDLF's plain architecture names it, for `gandlf run --infer`, which
-    builds the model without Opacus's fix: every buffer that architecture has and the DP model lacks
-    (the running statistics the fix turned off) at its initial value, as GaNDLF's own DP training leaves
-    them (Opacus's fix keeps those buffers, untouched). GaNDLF's CLI then normalises with those neutral
+def gandlf_inference_buffers(model_state: dict, params: dict) -> dict:
+    """What a DP-trained model's state lacks for `gandlf run --infer`, which builds GaNDLF's plain
+    architecture without Opacus's fix: every buffer of that architecture the DP model does not have (the
+    running statistics the fix turned off), at its initial value, as GaNDLF's own DP training leaves them
+    (Opacus's fix keeps those buffers, untouched). GaNDLF's CLI then normalises with those neutral
     statistics; `cofe infer` normalises as the federation did (each input's own statistics)."""
     from GANDLF.models import get_model
 
     plain = get_model(params).state_dict()
-    return {**{name: value.clone() for name, value in plain.items() if name not in model_state}, **model_state}
+    return {name: value.clone() for name, value in plain.items() if name not in model_state}
 
 
 def load_trained_state(model, model_state: dict) -> None:
-    """Load a DP-trained model's state (with or without for_gandlf_inference's filled-in buffers) into
+    """Load a DP-trained model's state (with or without gandlf_inference_buffers) into
     trained_architecture's model: nothing of the model may be missing; only those buffers may be extra
     (torch refuses them even with strict=False, so they are left out)."""
     own = model.state_dict()
