@@ -128,6 +128,21 @@ def test_native_models_from_init_skeleton_are_gandlfs_own(trained, tmp_path):
         assert ours.get("parameters") == gandlfs.get("parameters") and ours.get("epoch") == gandlfs.get("epoch"), name
 
 
+def test_a_sites_poll_is_contact_whichever_server_serves_the_aggregator(trained, tmp_path, monkeypatch):
+    """`fx aggregator start` on a cofe plan serves ObservedAggregator with OpenFL's own server, which never
+    calls heard_from: a site that polled, waiting to be told to quit, counted as silent since the aggregator
+    started, was given up 30 s into the federation and retried forever. (Here: the trained federation's.)"""
+    fed = tmp_path / "fed"
+    shutil.copytree(trained, fed, symlinks=True)
+    monkeypatch.chdir(fed / "workspaces" / "aggregator")
+    from cofe_cli.engine import participant
+
+    _, aggregator = participant.aggregator_of_plan()
+    assert aggregator.site_watch.last_contact == {}
+    aggregator.get_tasks("site_a")
+    assert set(aggregator.site_watch.last_contact) == {"site_a"}
+
+
 def test_hub_package_carries_provenance_and_nothing_private(trained, tmp_path, site_data):
     import onnx
 
