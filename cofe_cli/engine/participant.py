@@ -8,6 +8,7 @@ instant and another engine could sit beside it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import logging
@@ -122,6 +123,7 @@ def write_initial_model(workspace: Path, output: Path) -> None:
         partial = output.with_name(f".{output.name}.partial")
         plan.save_model_to_state_file(tensor_dict=tensor_dict, round_number=0, output_path=str(partial))
         os.replace(partial, output)
+        write_native_skeleton(plan, task_runner)
 
 
 def serve_aggregator(workspace: Path) -> None:
@@ -177,8 +179,8 @@ def _import_aggregator_side_without_torch() -> None:
 
 
 def export_native_models_apart(workspace: Path) -> None:
-    """export_native_models in a short-lived process of its own: it builds GaNDLF's whole task runner
-    (GaNDLF, torch, its model and optimizer), which the serving aggregator never needs. Measured on the
+    """export_native_models in a short-lived process of its own: it loads torch (and, without init's
+    skeleton, builds GaNDLF's whole task runner), which the serving aggregator never needs. Measured on the
     demo's config with 6 sites: the aggregator's peak was 1.21 GiB PSS (1.48 GiB RSS), at this export; now
     it is 0.25 GiB PSS, and this process's 1.36 GiB PSS lasts seconds, once the sites have left."""
     import cofe_cli
@@ -194,8 +196,11 @@ def export_native_models_apart(workspace: Path) -> None:
 
 
 def export_native_models_here() -> None:
-    """export_native_models of the aggregator whose workspace is the working directory."""
-    export_native_models(_parse_plan(with_data=False))
+    """export_native_models of the aggregator whose workspace is the working directory: from the skeleton
+    `cofe init` left when it matches the plan (torch only), else by building GaNDLF's task runner."""
+    plan = _parse_plan(with_data=False)
+    if not export_native_models_from_skeleton(plan):
+        export_native_models(plan)
 
 
 def _revocation_checking_server(plan):
@@ -211,35 +216,120 @@ def _revocation_checking_server(plan):
 def export_native_models(plan) -> None:
     """Also keep best/last as PyTorch checkpoints that plain torch loads, and both as a GaNDLF model
     directory (save/gandlf_model) that GaNDLF's own `gandlf run --infer` loads."""
-    import copy
-
-    from openfl.protocols import utils
     from openfl.utilities.dataloading import initialize_minimal_dataloader
+
+    task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
+
+    def native_state(tensor_dict: dict) -> dict:  # what the runner's save_native writes
+        task_runner.set_tensor_dict(tensor_dict, with_opt_vars=False)
+        return copy.deepcopy({"model_state_dict": task_runner.model.state_dict(),
+                              "optimizer_state_dict": task_runner.optimizer.state_dict()})
+
+    _write_native_models(plan, native_state, task_runner.params, _gandlf_inference_buffers(task_runner))
+
+
+# Building GaNDLF's task runner only to give the final weights their native form cost the end of every
+# federation 12-13 s of imports (GANDLF.models alone 8 s on 2 cores; the writing itself 0.4 s), after the
+# last round, while `cofe run` waited: most of what made cofe's run phase slower than fx's (issue 12).
+# `cofe init` builds that runner anyway for the initial model, so it keeps what the export needs from it
+# beside init.pbuf: the model's state-dict layout (names, order, dtypes, shapes), the optimizer's untouched
+# state and GaNDLF's parsed parameters. The export then needs torch alone. It is used only for the plan and
+# GaNDLF version it was built with; otherwise (an edited plan, a kit-built aggregator) GaNDLF builds it.
+NATIVE_SKELETON = "native_skeleton.pt"
+
+
+def _native_skeleton_path(plan) -> Path:
+    return Path(plan.config["aggregator"]["settings"]["last_state_path"]).parent / NATIVE_SKELETON
+
+
+def _skeleton_identity() -> dict:
+    from GANDLF.version import __version__ as gandlf_version  # (GANDLF/__init__ imports only its version)
+
+    from cofe_cli.federation import file_sha384
+
+    return {"plan_sha384": file_sha384(PLAN), "gandlf_version": gandlf_version}
+
+
+def write_native_skeleton(plan, task_runner) -> None:
+    """What export_native_models_from_skeleton needs of the runner GaNDLF just built for this plan."""
+    import torch
+
+    with staged_file(_native_skeleton_path(plan)) as partial:
+        torch.save({**_skeleton_identity(), "model_state_dict": task_runner.model.state_dict(),
+                    "optimizer_state_dict": task_runner.optimizer.state_dict(), "parameters": task_runner.params,
+                    "gandlf_inference_buffers": _gandlf_inference_buffers(task_runner)},
+                   str(partial))
+
+
+def _gandlf_inference_buffers(task_runner) -> dict:
+    """What save/gandlf_model's checkpoints add to the trained state for `gandlf run --infer`: nothing,
+    except for a DP model (engine/privacy.py gandlf_inference_buffers)."""
+    if not task_runner.dp:
+        return {}
+    from cofe_cli.engine.privacy import gandlf_inference_buffers
+
+    return gandlf_inference_buffers(task_runner.model.state_dict(), task_runner.params)
+
+
+def export_native_models_from_skeleton(plan) -> bool:
+    """export_native_models without GaNDLF, from the skeleton `cofe init` wrote: False (nothing written)
+    when there is none, or it belongs to another plan or GaNDLF version, or does not fit the models."""
+    import torch
+
+    path = _native_skeleton_path(plan)
+    if not path.is_file():
+        return False
+    skeleton = torch.load(path, map_location="cpu", weights_only=False)
+    if {key: skeleton.get(key) for key in ("plan_sha384", "gandlf_version")} != _skeleton_identity():
+        return False
+    layout = skeleton["model_state_dict"]
+
+    def native_state(tensor_dict: dict) -> dict:
+        # As OpenFL's set_pt_model_from_tensor_dict + load_state_dict + save_native: every tensor of the
+        # model's state dict, in its order, copied into the model's own dtype.
+        model_state = copy.copy(layout)  # (an OrderedDict that keeps the state dict's _metadata)
+        for name, tensor in layout.items():
+            value = torch.from_numpy(tensor_dict[name])
+            if value.shape != tensor.shape:
+                raise _SkeletonMismatch(name)
+            model_state[name] = tensor.clone().copy_(value)
+        return {"model_state_dict": model_state, "optimizer_state_dict": copy.deepcopy(skeleton["optimizer_state_dict"])}
+
+    try:
+        _write_native_models(plan, native_state, skeleton["parameters"], skeleton["gandlf_inference_buffers"])
+    except (_SkeletonMismatch, KeyError):
+        return False  # written models are only ever replaced whole: GaNDLF's path writes them all again
+    return True
+
+
+class _SkeletonMismatch(Exception):
+    pass
+
+
+def _write_native_models(plan, native_state, parameters: dict, gandlf_buffers: dict) -> None:
+    """best/last as `native_state(tensor_dict)` makes them (save/*.pt), then save/gandlf_model, whose
+    checkpoints also hold `gandlf_buffers` (see _gandlf_inference_buffers)."""
+    import torch
+    from openfl.protocols import utils
 
     from cofe_cli.engine.gandlf_model import MODEL_DIR, write_model_dir
 
     settings = plan.config["aggregator"]["settings"]
-    task_runner = plan.get_task_runner(initialize_minimal_dataloader(plan))
     models = {}
     for kind, key in (("best", "best_state_path"), ("final", "last_state_path")):
         state = Path(settings[key])
         if state.is_file():
             tensor_dict, _ = utils.deconstruct_model_proto(utils.load_proto(str(state)), plan.get_tensor_pipe())
-            task_runner.set_tensor_dict(tensor_dict, with_opt_vars=False)
+            models[kind] = native_state(tensor_dict)
             with staged_file(state.with_suffix(".pt")) as partial:
-                task_runner.save_native(str(partial))
-            models[kind] = copy.deepcopy({"model_state_dict": task_runner.model.state_dict(),
-                                          "optimizer_state_dict": task_runner.optimizer.state_dict()})
-    if models and task_runner.dp:
-        from cofe_cli.engine.privacy import gandlf_inference_buffers
-
-        for state in models.values():
-            state["model_state_dict"] = {**gandlf_inference_buffers(state["model_state_dict"], task_runner.params),
-                                         **state["model_state_dict"]}
+                torch.save(models[kind], str(partial))
+    for state in models.values():
+        if gandlf_buffers:  # (a copy otherwise loses the state dict's _metadata)
+            state["model_state_dict"] = {**gandlf_buffers, **state["model_state_dict"]}
     if models:
         write_model_dir(Path(settings["last_state_path"]).parent / MODEL_DIR, models=models,
                         gandlf_config=plan.config["task_runner"]["settings"]["gandlf_config"],
-                        parameters=task_runner.params, rounds=int(settings["rounds_to_train"]))
+                        parameters=parameters, rounds=int(settings["rounds_to_train"]))
 
 
 def write_evaluated_model(workspace: Path, source: Path, output: Path) -> None:

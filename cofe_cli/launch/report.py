@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -109,12 +110,24 @@ def summary_table(progress: FederationProgress) -> Table:
     return table
 
 
-def _plot(path: Path, progress: FederationProgress) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def load_plotting_ahead() -> None:
+    """Import matplotlib in a thread now, so that write_results does not wait for it: called once the
+    last round has ended, while the aggregator tells the sites to quit and writes the models (seconds,
+    on one core), which `cofe run` waits for anyway. The import was half a second of every run's end."""
+    threading.Thread(target=_pyplot, name="cofe-load-pyplot", daemon=True).start()
+
+
+def _plot(path: Path, progress: FederationProgress) -> None:
+    plt = _pyplot()  # (waits for load_plotting_ahead's import, if that is still running)
     validation = [r for r in progress.records if r.task == "aggregated_model_validation"]
     metric = headline_metric({r.metric for r in validation})
     if metric is None:

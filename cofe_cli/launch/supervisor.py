@@ -19,6 +19,7 @@ from cofe_cli.errors import FederationFailed
 from cofe_cli.events import EventTail
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.launch.progress import FederationProgress
+from cofe_cli.launch.report import load_plotting_ahead
 from cofe_cli.participant import is_aggregator
 
 
@@ -129,6 +130,7 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
     log_start = {name: file_size(launcher.log_path(name)) for name in launcher.participants()}
     deadline = time.monotonic() + timeout if timeout else None
     aggregator_done_at = None
+    plotting_loaded = False  # the report's, once every round has ended
     live = Live(progress, console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
     # Shared workers (`--workers`) hold several collaborators in one process each.
     warn_if_memory_short(getattr(launcher, "collaborator_processes", len(manifest.collaborators)), console)
@@ -145,6 +147,9 @@ def supervise(launcher: Launcher, layout: FederationLayout, manifest: Manifest, 
                 if line and not live:
                     console.print(line)
             progress.update_states(states)
+            if not plotting_loaded and progress.round >= progress.rounds:
+                load_plotting_ahead()
+                plotting_loaded = True
             aggregator = states.get(AGGREGATOR)
             if aggregator is not None and aggregator.returncode not in (None, 0):
                 _fail(launcher, AGGREGATOR, f"{AGGREGATOR} exited with code {aggregator.returncode}", progress, log_start)

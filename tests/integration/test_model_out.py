@@ -89,6 +89,60 @@ def test_the_aggregator_holds_no_torch_and_writes_its_models_apart(trained, tmp_
     assert (save / "gandlf_model" / "config.yaml").read_text() == (trained / "results" / "gandlf_model" / "config.yaml").read_text()
 
 
+def test_native_models_from_init_skeleton_are_gandlfs_own(trained, tmp_path):
+    """The export at the end of a federation (issue 12: it held `cofe run` 12-13 s importing GaNDLF) writes
+    from the skeleton `cofe init` kept, with torch alone; what it writes is what GaNDLF's task runner
+    writes, which is still used when the skeleton is not this plan's (here: an edited plan.yaml)."""
+    fed = tmp_path / "fed"
+    shutil.copytree(trained, fed, symlinks=True)
+    workspace = fed / "workspaces" / "aggregator"
+    save = workspace / "save"
+    assert (save / "native_skeleton.pt").is_file()
+    probe = ("import json, os, sys; os.chdir(sys.argv[1]); from cofe_cli.engine import participant; "
+             "participant.export_native_models_here(); print(json.dumps('GANDLF.models' in sys.modules))")
+    written = {}
+    for way in ("skeleton", "gandlf"):
+        for stale in ("last.pt", "best.pt", "gandlf_model"):
+            shutil.rmtree(save / stale) if (save / stale).is_dir() else (save / stale).unlink()
+        if way == "gandlf":
+            with (workspace / "plan" / "plan.yaml").open("a") as plan:
+                plan.write("# edited after init\n")
+        done = subprocess.run([sys.executable, "-c", probe, str(workspace)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == (way == "gandlf")  # GaNDLF built the runner
+        checkpoints = sorted(path.relative_to(save) for path in (save / "gandlf_model").glob("*.pth.tar"))
+        assert len(checkpoints) == 2  # best and latest
+        written[way] = {str(name): torch.load(save / name, map_location="cpu", weights_only=False)
+                        for name in ["best.pt", "last.pt", *checkpoints]}
+        written[way]["config.yaml"] = (save / "gandlf_model" / "config.yaml").read_text()
+    for name, ours in written["skeleton"].items():
+        gandlfs = written["gandlf"][name]
+        if name == "config.yaml":
+            assert ours == gandlfs
+            continue
+        assert set(ours) == set(gandlfs), name
+        mine, theirs = ours["model_state_dict"], gandlfs["model_state_dict"]
+        assert list(mine) == list(theirs) and mine._metadata == theirs._metadata, name
+        assert all(torch.equal(mine[k], v) and mine[k].dtype == v.dtype for k, v in theirs.items()), name
+        assert ours["optimizer_state_dict"] == gandlfs["optimizer_state_dict"], name
+        assert ours.get("parameters") == gandlfs.get("parameters") and ours.get("epoch") == gandlfs.get("epoch"), name
+
+
+def test_a_sites_poll_is_contact_whichever_server_serves_the_aggregator(trained, tmp_path, monkeypatch):
+    """`fx aggregator start` on a cofe plan serves ObservedAggregator with OpenFL's own server, which never
+    calls heard_from: a site that polled, waiting to be told to quit, counted as silent since the aggregator
+    started, was given up 30 s into the federation and retried forever. (Here: the trained federation's.)"""
+    fed = tmp_path / "fed"
+    shutil.copytree(trained, fed, symlinks=True)
+    monkeypatch.chdir(fed / "workspaces" / "aggregator")
+    from cofe_cli.engine import participant
+
+    _, aggregator = participant.aggregator_of_plan()
+    assert aggregator.site_watch.last_contact == {}
+    aggregator.get_tasks("site_a")
+    assert set(aggregator.site_watch.last_contact) == {"site_a"}
+
+
 def test_hub_package_carries_provenance_and_nothing_private(trained, tmp_path, site_data):
     import onnx
 

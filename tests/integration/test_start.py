@@ -207,3 +207,30 @@ def test_one_aggregator_per_directory_and_per_port(tmp_path, site_data, fast_con
     aggregator.terminate()
     assert aggregator.wait(timeout=60) == 130
     assert processes_using(tmp_path) == []
+
+
+def test_aggregator_server_stops_once_every_site_was_told_to_quit(tmp_path):
+    """OpenFL's serve() asked every 5 s whether to stop, so each federation (and `cofe run`) ended up to
+    5 s after its last site was told to quit (issue 12); cofe's server stops within a fraction of a second.
+    The real gRPC server on a real port; of the aggregator, serve() only asks all_quit_jobs_sent()."""
+    import threading
+
+    from cofe_cli.engine.openfl_server import RevocationCheckingServer, RevokedCertificates
+
+    class AggregatorDoneAt:
+        connector = None  # (no interop)
+
+        def __init__(self, done_at: float):
+            self.done_at = done_at
+
+        def all_quit_jobs_sent(self) -> bool:
+            return time.monotonic() >= self.done_at
+
+    started = time.monotonic()
+    server = RevocationCheckingServer(aggregator=AggregatorDoneAt(started + 0.5), agg_port=free_port(), use_tls=False,
+                                      revoked=RevokedCertificates(tmp_path / "crl.pem", tmp_path / "chain.pem"))
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    serving.join(timeout=10)
+    assert not serving.is_alive()
+    assert time.monotonic() - started < 1.5  # OpenFL's loop: 5 s

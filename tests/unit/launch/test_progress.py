@@ -255,3 +255,23 @@ def test_each_sites_epsilon_is_reported_and_a_site_at_max_epsilon_is_named(tmp_p
     text = console.export_text()
     assert "loss 0.400 epsilon 1.250" in text
     assert "not trained: epsilon 2.500, --max-epsilon reached" in text
+
+
+def test_the_report_loads_its_plotting_while_the_aggregator_still_writes_the_models(tmp_path, monkeypatch):
+    """matplotlib's import was half a second at the end of every `cofe run` (issue 12): it starts once the
+    last round has ended, while the aggregator tells the sites to quit and writes the models."""
+    layout = FederationLayout(tmp_path / "fed")
+    events_file = layout.workspace("aggregator") / "logs" / "events.jsonl"
+    events_file.parent.mkdir(parents=True)
+    aggregator = "; ".join([_emit(events_file, *_metrics_round(0, 0.2), *_metrics_round(1, 0.3)),
+                            "import time; time.sleep(1.5)",  # writing the models
+                            _emit(events_file, {"event": "finished", "rounds": 2})])
+    launcher = StandIns(layout, {"aggregator": aggregator, "site_a": "pass", "site_b": "pass"})
+    aggregator_when_loading = []
+    monkeypatch.setattr(supervisor, "load_plotting_ahead",
+                        lambda: aggregator_when_loading.append(launcher.states()["aggregator"].returncode))
+
+    progress = supervise(launcher, layout, MANIFEST, console=Console(record=True), poll_interval=0.05)
+
+    assert progress.finished
+    assert aggregator_when_loading == [None]  # once, while the aggregator still ran
