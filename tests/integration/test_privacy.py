@@ -99,6 +99,24 @@ def test_dp_federation_reports_each_sites_growing_epsilon(tmp_path, site_data, f
     assert refused.returncode == 2 and "has no running instance-norm statistics" in refused.stderr
 
 
+def test_a_target_epsilon_is_spent_over_the_planned_rounds_and_no_further(tmp_path, monkeypatch):
+    """With `epsilon` in the config, the noise multiplier is the one that spends it over rounds x epochs."""
+    from cofe_cli.engine.privacy import SiteAccountant
+
+    monkeypatch.chdir(tmp_path)  # the accountant lives in the site's workspace (its working directory)
+    target = {**DP, "epsilon": 2.0}
+    accountant = SiteAccountant("site_a", target, planned_epochs=4, max_epsilon=None)
+    sample_rate, steps_per_epoch = 0.25, 4
+    noise = accountant.noise_multiplier(sample_rate)
+    assert noise > 0
+    spent = [_expected_epsilon(noise, sample_rate, steps_per_epoch * epochs, DP["delta"]) for epochs in (1, 4)]
+    assert spent[0] < spent[1] <= 2.0 and spent[1] == pytest.approx(2.0, abs=0.05), (noise, spent)
+    # A site that trains more than planned would pass the target: --max-epsilon 2 stops it there.
+    capped = SiteAccountant("site_b", target, planned_epochs=4, max_epsilon=2.0)
+    capped.save([(noise, sample_rate, steps_per_epoch * 4)])
+    assert capped.would_exceed(noise, sample_rate, steps_per_epoch)
+
+
 # --- engine level: one site's task runner, as OpenFL's collaborator drives it ---------------------
 
 @pytest.fixture(scope="module")
