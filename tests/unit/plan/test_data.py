@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from cli_assertions import call_refused
-from volumes import write_volume
+from volumes import write_csv, write_volume
 
 from cofe_cli.federation import check_collaborator_name
 from cofe_cli.plan.data import check_csv, check_data_folder, problem_type_of, split_csv
@@ -18,15 +18,6 @@ REGRESSION_HEADER = ["SubjectID", "Channel_0", "ValueToPredict"]
 
 def touch(path: Path) -> Path:
     return write_volume(path)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -9,20 +9,11 @@ from pathlib import Path
 
 import pytest
 from cli_assertions import call_refused
-from volumes import write_volume
+from volumes import write_csv, write_volume
 
 from cofe_cli.plan.data import check_data_folder
 from cofe_cli.plan.data_split import (LESION, NO_LESION, Site, SplitMode, check_out_folder, check_split_options,
                                       label_balance, read_study, site_name, split_study, write_sites)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def lesion_mask(path: Path, lesion: bool) -> Path:
