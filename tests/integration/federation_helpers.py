@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -26,6 +27,20 @@ def cofe_background(*args, log: Path) -> subprocess.Popen:
     handle = open(log, "wb")
     return subprocess.Popen([sys.executable, "-m", "cofe_cli", *map(str, args)], stdout=handle, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def cofe_piped(*args):
+    """`cofe ARGS` in the background with its output piped (read it with .communicate()); terminated if
+    the block leaves it running (a failed assertion, a timeout)."""
+    process = subprocess.Popen([sys.executable, "-m", "cofe_cli", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=120)
 
 
 def free_port() -> int:

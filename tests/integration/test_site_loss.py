@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import psutil
 import pytest
 
 from cofe_cli.demo.synthetic import make_demo_federation_data
-from federation_helpers import cofe, cofe_background, collaborator_args, free_port, processes_using, wait_for_port
+from federation_helpers import cofe, cofe_background, cofe_piped, collaborator_args, free_port, processes_using, wait_for_port
 import test_slurm
 
 pytestmark = pytest.mark.federation
@@ -76,14 +75,10 @@ def test_run_goes_on_without_a_killed_site(tmp_path, three_sites, fast_config):
     fed = tmp_path / "fed"
     cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(three_sites), "--rounds", 3,
          "--port", free_port(), "--min-collaborators", 2, "--round-timeout", ROUND_TIMEOUT, check=True)
-    run = subprocess.Popen([sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--timeout", "900"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
+    with cofe_piped("run", "--dir", fed, "--timeout", 900) as run:
         _kill_when_training(fed, "site_c", 1, alive=[run])
-        out, err = run.communicate(timeout=900)
-    finally:
-        run.kill()
-    assert run.returncode == 0, out + err
+        out, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, out
     assert "site_c lost in round 2" in out, out
     with (fed / "results" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -157,17 +152,11 @@ def _run_three_sites_and_lose_site_c(tmp_path, three_sites, fast_config, lose, *
     cofe("init", "--dir", fed, "--gandlf-config", fast_config, *collaborator_args(three_sites), "--rounds", 2,
          "--port", free_port(), "--min-collaborators", 2, "--round-timeout", ROUND_TIMEOUT, *init_args, check=True,
          timeout=600)
-    run = subprocess.Popen([sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--timeout", "1200", *run_args],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    try:
+    with cofe_piped("run", "--dir", fed, "--timeout", 1200, *run_args) as run:
         _wait_for_event(fed, lambda e: e["event"] == "tasks" and e["collaborator"] == "site_c" and e["round"] == 1,
                         timeout=900, alive=[run])
         lose(fed)
         out, _ = run.communicate(timeout=1200)
-    finally:
-        if run.poll() is None:
-            run.terminate()
-            run.wait(timeout=120)
     assert run.returncode == 0, out[-6000:]
     assert "site_c lost in round 2" in out, out[-6000:]
     assert _took_part(fed)[1] == ["site_a", "site_b"]

@@ -7,13 +7,11 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from cofe_cli.demo.synthetic import make_demo_federation_data
-from federation_helpers import cofe, collaborator_args, free_port, processes_using
+from federation_helpers import cofe, cofe_piped, collaborator_args, free_port, processes_using
 from test_run import TASKS
 from test_site_loss import ROUND_TIMEOUT, _took_part, _wait_for_event
 import test_slurm
@@ -62,10 +60,7 @@ def test_a_revoked_site_is_refused_and_a_killed_worker_loses_all_its_sites(tmp_p
          "--port", free_port(), "--min-collaborators", 1, "--round-timeout", ROUND_TIMEOUT, check=True)
     cofe("certify", "--dir", fed, check=True)
     cofe("certify", "revoke", "site_d", "--dir", fed, check=True)
-    run = subprocess.Popen([sys.executable, "-m", "cofe_cli", "run", "--dir", str(fed), "--workers", "2",
-                            "--timeout", "900"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           stdin=subprocess.DEVNULL)
-    try:
+    with cofe_piped("run", "--dir", fed, "--workers", 2, "--timeout", 900) as run:
         # Both sites of worker-1 got their round's tasks: one trains, the other waits for its turn.
         for name in ("site_a", "site_c"):
             _wait_for_event(fed, lambda e, name=name: e["event"] == "tasks" and e["collaborator"] == name, alive=[run])
@@ -73,10 +68,6 @@ def test_a_revoked_site_is_refused_and_a_killed_worker_loses_all_its_sites(tmp_p
         assert len(worker_1) == 1, [p.cmdline() for p in processes_using(fed)]
         os.kill(worker_1[0].pid, signal.SIGKILL)
         out, _ = run.communicate(timeout=900)
-    finally:
-        if run.poll() is None:
-            run.terminate()
-            run.wait(timeout=120)
     assert run.returncode == 0, out[-6000:]
     assert "Traceback" not in out
     for name in ("site_a", "site_c"):
