@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Train metrics a site training with differential privacy (engine/privacy.py) reports every round: the
+# epsilon it has spent, and 1.0 when --max-epsilon kept it from training.
+EPSILON_METRIC = "epsilon"
+BUDGET_EXHAUSTED_METRIC = "privacy_budget_exhausted"
+
 # Distances and errors: smaller is better. Everything else GaNDLF reports (Dice, accuracy, F1, ...) grows.
 _LOWER_IS_BETTER = ("loss", "hd95", "hd100", "hausdorff", "mse", "mae", "rmse")
 

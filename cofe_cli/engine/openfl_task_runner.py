@@ -9,6 +9,7 @@ from openfl.federated.task.runner_gandlf import GaNDLFTaskRunner as _OpenFLGaNDL
 from openfl.utilities import TensorKey
 
 from cofe_cli.engine import batched_validation, privacy
+from cofe_cli.metrics import BUDGET_EXHAUSTED_METRIC, EPSILON_METRIC
 from cofe_cli.plan.builder import AUTO_BATCH, GANDLF_VALIDATION, parse_validation_batch
 
 logger = logging.getLogger(__name__)
@@ -73,8 +74,7 @@ class GaNDLFTaskRunner(_OpenFLGaNDLFTaskRunner):
             self.accountant = privacy.SiteAccountant(col_name, self.dp, self.privacy_planned_epochs, self.max_epsilon)
         self.rebuild_model(round_num, input_tensor_dict)
         loss, metrics, trained = privacy.train_privately(self, self.accountant, epochs)
-        metric_dict = {privacy.EPSILON_METRIC: self.accountant.epsilon(),
-                       privacy.STOPPED_METRIC: float(not trained)}
+        metric_dict = {EPSILON_METRIC: self.accountant.epsilon(), BUDGET_EXHAUSTED_METRIC: float(not trained)}
         if trained:
             metric_dict["loss"] = loss
             metric_dict.update({f"train_{name}": value for name, value in metrics.items()})

@@ -23,9 +23,8 @@ logger = logging.getLogger(__name__)
 ACCOUNTANT_DIR = Path("local_state")
 # Prefix Opacus's GradSampleModule puts before every tensor name of the model it wraps.
 WRAPPER_PREFIX = "_module."
-# Train metrics every DP site reports each round.
-EPSILON_METRIC = "epsilon"
-STOPPED_METRIC = "privacy_budget_exhausted"
+# An instance or batch norm's buffers, which Opacus's fix turns off.
+RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def settings(gandlf_config) -> dict | None:
@@ -96,9 +95,6 @@ def load_trained_state(model, model_state: dict) -> None:
         raise RuntimeError(f"the checkpoint does not fit the DP-trained architecture: missing {missing[:3]}, "
                            f"unexpected {unknown[:3]}")
     model.load_state_dict({name: value for name, value in model_state.items() if name in own})
-
-
-RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _drop_untracked_running_statistics(model) -> None:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cofe_cli.federation import Manifest
-from cofe_cli.metrics import headline_metric
+from cofe_cli.metrics import BUDGET_EXHAUSTED_METRIC, EPSILON_METRIC, headline_metric
 from cofe_cli.participant import is_aggregator
 
 TASK_LABELS = {
@@ -182,18 +182,13 @@ class FederationProgress:
         return Group(table, Text(""))
 
 
-# Train metrics of a site training with differential privacy (engine/privacy.py).
-EPSILON = "epsilon"
-BUDGET_EXHAUSTED = "privacy_budget_exhausted"
-
-
 def train_cell(train: dict[str, float]) -> str:
     """A site's training in one cell: its loss, and with DP the epsilon spent so far (or that it stopped)."""
-    if train.get(BUDGET_EXHAUSTED):
-        return f"not trained: epsilon {train[EPSILON]:.3f}, --max-epsilon reached"
+    if train.get(BUDGET_EXHAUSTED_METRIC):
+        return f"not trained: epsilon {train[EPSILON_METRIC]:.3f}, --max-epsilon reached"
     cell = f"loss {train['loss']:.3f}" if "loss" in train else ""
-    if EPSILON in train:
-        cell = f"{cell} epsilon {train[EPSILON]:.3f}".strip()
+    if EPSILON_METRIC in train:
+        cell = f"{cell} epsilon {train[EPSILON_METRIC]:.3f}".strip()
     return cell or "-"
 
 

@@ -16,8 +16,8 @@ from cofe_cli.events import read_events
 from cofe_cli.federation import AGGREGATOR, FederationLayout, Manifest
 from cofe_cli.engine.gandlf_model import MODEL_DIR
 from cofe_cli.fsutil import atomic_write_text, staged_dir, staged_file
-from cofe_cli.launch.progress import BUDGET_EXHAUSTED, EPSILON, SHORT_TASK, FederationProgress, train_cell
-from cofe_cli.metrics import headline_metric
+from cofe_cli.launch.progress import SHORT_TASK, FederationProgress, train_cell
+from cofe_cli.metrics import BUDGET_EXHAUSTED_METRIC, EPSILON_METRIC, headline_metric
 from cofe_cli.participant import is_aggregator
 
 METRICS_FILE = "metrics.csv"
@@ -70,9 +70,10 @@ def write_results(layout: FederationLayout, progress: FederationProgress) -> Pat
         "lost": {name: site.lost_in_round for name, site in progress.sites.items() if site.lost_in_round is not None},
     }
     spent = {name: progress.latest(name, "train") for name in progress.manifest.collaborators}
-    if any(EPSILON in train for train in spent.values()):  # differential privacy: each site's budget spent
-        summary["epsilon"] = {name: train.get(EPSILON) for name, train in spent.items()}
-        summary["stopped_at_max_epsilon"] = sorted(name for name, train in spent.items() if train.get(BUDGET_EXHAUSTED))
+    if any(EPSILON_METRIC in train for train in spent.values()):  # differential privacy: each site's budget spent
+        summary["epsilon"] = {name: train.get(EPSILON_METRIC) for name, train in spent.items()}
+        summary["stopped_at_max_epsilon"] = sorted(name for name, train in spent.items()
+                                                   if train.get(BUDGET_EXHAUSTED_METRIC))
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
     _plot(results / "metrics.png", progress)
     return results

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cofe_cli.federation import Manifest
-from cofe_cli.metrics import headline_metric
+from cofe_cli.metrics import EPSILON_METRIC, headline_metric
 from cofe_cli.participant import is_aggregator
 from cofe_cli.plan.data import problem_type_of
 
@@ -52,7 +52,7 @@ def _privacy_line(dp: dict | None, metrics_rows: list[dict], labels: dict[str, s
     noise = f"target epsilon {dp['epsilon']:g}" if "epsilon" in dp else f"noise multiplier {dp['noise_multiplier']:g}"
     spent = {}
     for row in metrics_rows:  # the last round's value wins
-        if row.get("metric") == "epsilon" and not is_aggregator(row["collaborator"]):
+        if row.get("metric") == EPSILON_METRIC and not is_aggregator(row["collaborator"]):
             spent[labels.get(row["collaborator"], "site")] = (int(row["round"]), float(row["value"]))
     figures = ", ".join(f"{site} {value:.3f}" for site, (_, value) in sorted(spent.items()))
     return (f"- privacy: DP-SGD at every site (Opacus, {noise}, max_grad_norm {dp['max_grad_norm']:g}, "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from cofe_cli.errors import CofeError
+from cofe_cli.metrics import BUDGET_EXHAUSTED_METRIC, EPSILON_METRIC
 from cofe_cli.participant import CERT_DIR, EVENTS_FILE
 
 ENGINE = "cofe_cli.engine"
@@ -197,7 +198,7 @@ def build_plan(gandlf_config: dict, options: PlanOptions) -> dict:
         task_runner_settings["proximal_mu"] = float(mu)
     task_runner_settings.update(_privacy_settings(gandlf_config, options, bool(mu)))
     if task_runner_settings.get("privacy_planned_epochs"):
-        train_metrics += ["epsilon", "privacy_budget_exhausted"]
+        train_metrics += [EPSILON_METRIC, BUDGET_EXHAUSTED_METRIC]
     return {
         "aggregator": {
             "template": f"{ENGINE}.openfl_aggregator.ObservedAggregator",
