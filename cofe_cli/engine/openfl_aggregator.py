@@ -49,6 +49,16 @@ class _RoundEvents(Callback):
         self.events.emit("round_end", round=round_num, metrics=dict(logs or {}), collaborators=self.took_part())
 
 
+class _WhenRoundBegins(Callback):
+    def __init__(self, round_number: int, action):
+        super().__init__()
+        self.round_number, self.action = round_number, action
+
+    def on_round_begin(self, round_num, logs=None):
+        if round_num >= self.round_number:
+            self.action()
+
+
 class ObservedAggregator(Aggregator):
     def __init__(self, *, event_log: str = EVENTS_FILE, callbacks=None, **kwargs):
         self.events = EventLog(event_log)
@@ -124,6 +134,14 @@ class ObservedAggregator(Aggregator):
     def announce_finished(self) -> None:
         self._models_exported = True
         self.events.emit("finished", rounds=self.rounds_to_train)
+
+    def when_last_round_begins(self, action) -> None:
+        """Call `action()` when the last round begins, or now if it (or the end) was reached already; it may
+        be called again at later rounds' beginnings."""
+        if self.round_number >= self.rounds_to_train - 1:
+            action()
+        else:
+            self.callbacks.callbacks.append(_WhenRoundBegins(self.rounds_to_train - 1, action))
 
     def heard_from(self, collaborator_name: str) -> None:
         """Every RPC of a site (the server calls this): what tells a site that still polls from a lost one."""

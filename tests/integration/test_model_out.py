@@ -59,21 +59,36 @@ def test_gandlf_inference_loads_the_federation_model(trained, tmp_path, site_dat
     assert predicted == set(subjects), (masks, sorted(out.rglob("*")), result.stdout[-2000:])
 
 
-def test_the_aggregator_holds_no_torch_and_writes_its_models_apart(trained, tmp_path):
-    """The aggregator's memory (issue 13): built as `cofe start aggregator` builds it, it loads neither torch
-    nor GaNDLF; a process of its own writes the native models, the same ones the federation wrote."""
+WRITTEN_MODELS = ("gandlf_model", "last.pt", "best.pt")  # what the aggregator's model writer writes in save/
+
+
+def copy_without_written_models(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the trained federation whose aggregator has not written its models yet: its save/ folder."""
     fed = tmp_path / "fed"
     shutil.copytree(trained, fed, symlinks=True)
     save = fed / "workspaces" / "aggregator" / "save"
     shutil.rmtree(save / "gandlf_model")
-    for written in ("last.pt", "best.pt"):
+    for written in WRITTEN_MODELS[1:]:
         (save / written).unlink()
-    probe = ("import json, os, sys; from cofe_cli.engine import participant; os.chdir(sys.argv[1]); "
-             "participant.aggregator_of_plan(); participant.export_native_models_apart(sys.argv[1]); "
-             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'GANDLF', 'monai', 'torchio'})))")
-    done = subprocess.run([sys.executable, "-c", probe, str(save.parent)], capture_output=True, text=True, timeout=600)
+    return save
+
+
+def run_probe(probe: str, workspace: Path):
+    """Run `probe` (Python code, given the workspace as argv[1]) in a process of its own: what it printed last, as JSON."""
+    done = subprocess.run([sys.executable, "-c", probe, str(workspace)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_aggregator_holds_no_torch_and_writes_its_models_apart(trained, tmp_path):
+    """The aggregator's memory (issue 13): built as `cofe start aggregator` builds it, it loads neither torch
+    nor GaNDLF; a process of its own writes the native models, the same ones the federation wrote."""
+    save = copy_without_written_models(trained, tmp_path)
+    probe = ("import json, os, sys; from cofe_cli.engine import participant; os.chdir(sys.argv[1]); "
+             "participant.aggregator_of_plan(); participant.NativeModelWriter(sys.argv[1]).write(); "
+             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'GANDLF', 'monai', 'torchio'})))")
+    assert run_probe(probe, save.parent) == []
 
     for kind in ("final", "best"):
         original = torch.load(trained / "results" / f"{kind}_model.pt", map_location="cpu", weights_only=True)
@@ -89,6 +104,17 @@ def test_the_aggregator_holds_no_torch_and_writes_its_models_apart(trained, tmp_
     assert (save / "gandlf_model" / "config.yaml").read_text() == (trained / "results" / "gandlf_model" / "config.yaml").read_text()
 
 
+def test_a_model_writer_never_told_to_write_leaves_without_writing(trained, tmp_path):
+    """The aggregator starts its model writer when the last round begins, so that the writer's imports
+    overlap the sites' training (issue 12); an aggregator that then fails closes it, and it writes nothing."""
+    save = copy_without_written_models(trained, tmp_path)
+    probe = ("import json, sys, time; from cofe_cli.engine import participant; "
+             "writer = participant.NativeModelWriter(sys.argv[1]); writer.start(); time.sleep(1); "
+             "started = time.monotonic(); writer.close(); print(json.dumps(time.monotonic() - started))")
+    assert run_probe(probe, save.parent) < 60  # it left once it got ready, not killed
+    assert not any((save / written).exists() for written in WRITTEN_MODELS)
+
+
 def test_native_models_from_init_skeleton_are_gandlfs_own(trained, tmp_path):
     """The export at the end of a federation (issue 12: it held `cofe run` 12-13 s importing GaNDLF) writes
     from the skeleton `cofe init` kept, with torch alone; what it writes is what GaNDLF's task runner
@@ -102,14 +128,12 @@ def test_native_models_from_init_skeleton_are_gandlfs_own(trained, tmp_path):
              "participant.export_native_models_here(); print(json.dumps('GANDLF.models' in sys.modules))")
     written = {}
     for way in ("skeleton", "gandlf"):
-        for stale in ("last.pt", "best.pt", "gandlf_model"):
+        for stale in WRITTEN_MODELS:
             shutil.rmtree(save / stale) if (save / stale).is_dir() else (save / stale).unlink()
         if way == "gandlf":
             with (workspace / "plan" / "plan.yaml").open("a") as plan:
                 plan.write("# edited after init\n")
-        done = subprocess.run([sys.executable, "-c", probe, str(workspace)], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == (way == "gandlf")  # GaNDLF built the runner
+        assert run_probe(probe, workspace) == (way == "gandlf")  # GaNDLF built the runner
         checkpoints = sorted(path.relative_to(save) for path in (save / "gandlf_model").glob("*.pth.tar"))
         assert len(checkpoints) == 2  # best and latest
         written[way] = {str(name): torch.load(save / name, map_location="cpu", weights_only=False)
