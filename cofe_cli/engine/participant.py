@@ -191,18 +191,19 @@ class NativeModelWriter:
 
     The process is started when the last round begins (`start`) and imports what the export needs while
     the sites train; `write` then tells it to write. Started after the last round, the export held
-    `cofe run` 4.7 s, 3 of them importing torch (issue 12). A process never told to write (the aggregator
-    failed or was killed) reads the end of its input and leaves, writing nothing.
+    `cofe run` 4.7 s, 3 of them importing torch (issue 12). A process never told to write writes nothing:
+    the aggregator that failed stops it (`close`), and when the aggregator was killed it reads the end of
+    its input and leaves.
     """
 
     WRITE = "write\n"
 
     def __init__(self, workspace: Path):
         self.workspace = workspace
-        self._process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the writing process, once started
 
     def start(self) -> None:
-        if self._process is not None:
+        if self.process is not None:
             return
         import cofe_cli
 
@@ -210,32 +211,27 @@ class NativeModelWriter:
         source = str(Path(cofe_cli.__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
         code = "from cofe_cli.engine.participant import export_native_models_here; export_native_models_here(when_told=True)"
-        self._process = subprocess.Popen([sys.executable, "-c", code], cwd=self.workspace, env=env,
+        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=self.workspace, env=env,
                                          stdin=subprocess.PIPE, text=True)
 
     def write(self) -> None:
         """Write the models now (starting the process if the last round never began here) and wait for it."""
         self.start()
         try:
-            self._process.stdin.write(self.WRITE)
-            self._process.stdin.close()
+            self.process.stdin.write(self.WRITE)
+            self.process.stdin.close()
         except BrokenPipeError:
             pass  # it died before it was told: its exit code says so below
-        if self._process.wait() != 0:
+        if self.process.wait() != 0:
             raise RuntimeError(f"writing the native models (save/*.pt, save/gandlf_model) failed (exit "
-                               f"{self._process.returncode}); its traceback precedes this line")
+                               f"{self.process.returncode}); its traceback precedes this line")
 
     def close(self) -> None:
-        """After `write`, nothing; without it, the process leaves without writing (and is killed if it hangs)."""
-        if self._process is None or self._process.poll() is not None:
+        """After `write`, nothing; without it, the process is stopped: until told, it has written nothing."""
+        if self.process is None or self.process.poll() is not None:
             return
-        with contextlib.suppress(BrokenPipeError):
-            self._process.stdin.close()
-        try:
-            self._process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        self.process.kill()
+        self.process.wait()
 
 
 def export_native_models_here(when_told: bool = False) -> None:

@@ -108,10 +108,13 @@ def test_a_model_writer_never_told_to_write_leaves_without_writing(trained, tmp_
     """The aggregator starts its model writer when the last round begins, so that the writer's imports
     overlap the sites' training (issue 12); an aggregator that then fails closes it, and it writes nothing."""
     save = copy_without_written_models(trained, tmp_path)
-    probe = ("import json, sys, time; from cofe_cli.engine import participant; "
-             "writer = participant.NativeModelWriter(sys.argv[1]); writer.start(); time.sleep(1); "
-             "started = time.monotonic(); writer.close(); print(json.dumps(time.monotonic() - started))")
-    assert run_probe(probe, save.parent) < 60  # it left once it got ready, not killed
+    # Stopped by an aggregator that failed, and left alone by one that was killed (its input ends).
+    probe = ("import json, os, sys, time; from cofe_cli.engine import participant; "
+             "writer = participant.NativeModelWriter(sys.argv[1]); writer.start(); time.sleep(1); writer.close(); "
+             "orphan = participant.NativeModelWriter(sys.argv[1]); orphan.start(); orphan.process.stdin.close(); "
+             "print(json.dumps([writer.process.returncode, orphan.process.wait(timeout=300)]))")
+    stopped, left = run_probe(probe, save.parent)
+    assert stopped == -9 and left == 0
     assert not any((save / written).exists() for written in WRITTEN_MODELS)
 
 
