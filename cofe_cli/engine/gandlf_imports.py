@@ -5,8 +5,9 @@ training code is imported: segmentation_models_pytorch with timm and pretrainedm
 monai (`dynunet`, the novograd optimizer, the warm-up cosine scheduler) and scikit-learn
 (classification metrics, cross-validation folds, histology stain normalisation). A segmentation
 federation with a ResUNet uses none of them, yet each participant paid for them at start: importing
-OpenFL's GaNDLF runner took 10.9-13.8 s of CPU without stand-ins and 7.7-8.2 s with them (4 alternating
-runs each on this 2-core machine), and a simulation's collaborators all import it at once.
+OpenFL's GaNDLF runner took 12.7 s without stand-ins and 8.0 s with them (medians of 4 alternating runs
+each on this 2-core machine: 10.9-13.8 s and 7.7-11.3 s), and a simulation's collaborators all import
+it at once.
 
 `defer_unused_modules()` puts a stand-in for each of those modules into `sys.modules` when GaNDLF is
 imported, before GaNDLF's own code runs. A stand-in holds the names GaNDLF imports from the module (`from
