@@ -85,14 +85,16 @@ def test_a_package_already_imported_gets_stand_ins_only_for_what_it_has_not_impo
 
 
 def test_only_gandlf_0_1_5_gets_stand_ins_and_only_once_it_is_imported(monkeypatch):
-    # Without the finder that importing cofe_cli.engine put there.
-    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, _StandInsOnImport)])
-    before = list(sys.meta_path)
+    # Triggered by a package nobody imports: in a run that also holds integration tests GaNDLF is loaded.
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    finders, modules = list(sys.meta_path), set(sys.modules)
+    trigger = "cofe_test_package_never_imported"
 
-    defer_unused_modules(installed_version="0.1.4")  # the lists are 0.1.5's
-    assert sys.meta_path == before
+    defer_unused_modules(trigger, installed_version="0.1.4")  # the lists are 0.1.5's
+    assert sys.meta_path == finders
 
-    defer_unused_modules(installed_version=DEFERRED_FOR)
-    defer_unused_modules(installed_version=DEFERRED_FOR)  # cofe_cli.engine may be imported again: one finder
-    assert len(sys.meta_path) == len(before) + 1
-    assert not any(name.startswith("GANDLF") for name in sys.modules)  # nothing until GaNDLF is imported
+    defer_unused_modules(trigger, installed_version=DEFERRED_FOR)
+    defer_unused_modules(trigger, installed_version=DEFERRED_FOR)  # cofe_cli.engine may be imported again: one finder
+    added = [finder for finder in sys.meta_path if finder not in finders]
+    assert len(added) == 1 and isinstance(added[0], _StandInsOnImport) and added[0].package == trigger
+    assert set(sys.modules) == modules  # nothing until the package is imported
