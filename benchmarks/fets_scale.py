@@ -71,7 +71,7 @@ def participant_label(proc) -> str:
             return role if role == "aggregator" else args[args.index("start") + 2]
     if "run" in args and "cofe_cli" in args:
         return "cofe run"
-    if any("export_native_models_here" in arg for arg in args):
+    if any("write_native_models_when_told" in arg for arg in args):
         return "aggregator's model export"
     return " ".join(args[args.index("cofe_cli") + 1:] if "cofe_cli" in args else args[1:])
 

@@ -210,7 +210,7 @@ class NativeModelWriter:
         # The same cofe_cli as this process's, wherever it was imported from.
         source = str(Path(cofe_cli.__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
-        code = "from cofe_cli.engine.participant import export_native_models_here; export_native_models_here(when_told=True)"
+        code = "from cofe_cli.engine.participant import write_native_models_when_told; write_native_models_when_told()"
         self.process = subprocess.Popen([sys.executable, "-c", code], cwd=self.workspace, env=env,
                                          stdin=subprocess.PIPE, text=True)
 
@@ -234,27 +234,32 @@ class NativeModelWriter:
         self.process.wait()
 
 
-def export_native_models_here(when_told: bool = False) -> None:
-    """export_native_models of the aggregator whose workspace is the working directory: from the skeleton
-    `cofe init` left when it matches the plan (torch only), else by building GaNDLF's task runner.
-    `when_told`: get ready (imports, plan), then write only once NativeModelWriter.WRITE arrives on stdin."""
-    plan = _parse_plan(with_data=False)
-    if when_told:
-        # What the export imports, loaded while the last round runs: torch, the protobuf helpers, and the
-        # tensor pipe, whose package imports scikit-learn (2.7 s of the export's 3 s measured after them).
-        for module in ("torch", "openfl.protocols.utils", "cofe_cli.engine.gandlf_model"):
-            importlib.import_module(module)
-        plan.get_tensor_pipe()
-        if sys.stdin.readline() != NativeModelWriter.WRITE:
-            return  # the aggregator stopped without finishing: nothing to write
+def export_native_models_here(plan=None) -> None:
+    """export_native_models of the aggregator whose workspace is the working directory (or of `plan`):
+    from the skeleton `cofe init` left when it matches the plan (torch only), else by building GaNDLF's
+    task runner."""
+    plan = plan or _parse_plan(with_data=False)
     if not export_native_models_from_skeleton(plan):
         export_native_models(plan)
-    if when_told:
-        # Every file is written, closed and renamed into place. The interpreter's teardown with torch
-        # loaded took 0.75 s of the 0.9 s the aggregator waited after telling it to write.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+
+
+def write_native_models_when_told() -> None:
+    """NativeModelWriter's process: get ready (imports, plan), then export_native_models_here once
+    NativeModelWriter.WRITE arrives on stdin; at the end of its input without it, leave writing nothing."""
+    plan = _parse_plan(with_data=False)
+    # What the export imports, loaded while the last round runs: torch, the protobuf helpers, and the
+    # tensor pipe, whose package imports scikit-learn (2.7 s of the export's 3 s measured after them).
+    for module in ("torch", "openfl.protocols.utils", "cofe_cli.engine.gandlf_model"):
+        importlib.import_module(module)
+    plan.get_tensor_pipe()
+    if sys.stdin.readline() != NativeModelWriter.WRITE:
+        return  # the aggregator stopped without finishing: nothing to write
+    export_native_models_here(plan)
+    # Every file is written, closed and renamed into place. The interpreter's teardown with torch
+    # loaded took 0.75 s of the 0.9 s the aggregator waited after telling it to write.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _revocation_checking_server(plan):
